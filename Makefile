@@ -1,0 +1,42 @@
+# HandEye: `make repro` runs the whole pipeline on the embedded demo, `make test` runs the tests.
+# Both set everything up themselves on a fresh Debian 12 machine with Python 3.11.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROFILE ?= demo
+PYTEST_ARGS ?=
+STAMP := $(VENV)/.installed
+
+.PHONY: setup repro test test-fast verify lock clean help data
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): requirements.lock pyproject.toml scripts/setup.sh
+	VENV=$(VENV) scripts/setup.sh
+	touch $@
+
+setup: $(STAMP)  ## create .venv with the locked stack
+
+data: $(STAMP)  ## fetch the demo data from the remote committed in the repository
+	$(BIN)/dvc pull -q data.dvc
+
+repro: data  ## run the pipeline (PROFILE=demo|paper) and say where the table and figures are
+	@if [ "$(PROFILE)" != demo ]; then $(BIN)/handeye profile $(PROFILE) --out params.yaml; fi
+	$(BIN)/dvc repro
+	@echo "Table:   paper_figs/table_recognition.md (and .tex)"; \
+	 echo "Figures: $$(ls paper_figs/*.png 2>/dev/null | tr '\n' ' ')"
+
+test: $(STAMP)  ## run the test suite (GPU, Isaac Lab and Docker tests are skipped here)
+	$(BIN)/python -m pytest -m "not gpu and not isaaclab and not docker" $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  ## the tests without the slow end-to-end runs
+	$(BIN)/python -m pytest -m "not slow and not gpu and not isaaclab and not docker" $(PYTEST_ARGS)
+
+lock: $(STAMP)  ## rewrite requirements.lock from what .venv has
+	{ head -n 2 requirements.lock; $(BIN)/pip freeze --exclude-editable | grep -v -i '^handeye'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean:  ## remove pipeline outputs (not the data or .venv)
+	rm -rf out paper_figs/*.png paper_figs/*.md paper_figs/*.tex

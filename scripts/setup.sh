@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian 12 machine: the Debian libraries MuJoCo's EGL rendering needs,
+# then .venv with the exact versions of requirements.lock and the package in editable mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+# MuJoCo renders offscreen through EGL on Mesa's llvmpipe (FIELD_NOTES); git is needed by dvc.
+DEB_PACKAGES=(libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 git)
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+"$PYTHON" -c 'import sys; assert sys.version_info[:2] in ((3, 11), (3, 12)), sys.version' 2>/dev/null \
+  || { echo "setup: error: Python 3.11 or 3.12 is needed, $PYTHON is $("$PYTHON" --version 2>&1)" >&2; exit 2; }
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade "pip>=24" >/dev/null
+echo "setup: installing the locked stack into $VENV (torch alone is ~5 GB; about a minute from a warm pip cache)"
+# The grep drops pip's notices about local extra indexes some machines configure.
+"$VENV/bin/python" -m pip install -q -r requirements.lock 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+"$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+echo "setup: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

@@ -1,0 +1,5 @@
+import sys
+
+from handeye.cli import main
+
+sys.exit(main())

@@ -1,0 +1,194 @@
+"""Reproducibility core: seeding, atomic writes and the run manifest every stage writes beside its outputs.
+
+Bits on the CPU depend on the thread count and the instruction set (FIELD_NOTES), so `seed_everything` also
+pins the thread count; the manifest records both so that a mismatch can be explained later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from handeye.errors import HandEyeError
+
+# Packages whose versions decide the bits of an output; recorded in every manifest.
+TRACKED_PACKAGES = (
+    "handeye", "torch", "torchvision", "timm", "transformers", "numpy", "av", "decord", "mujoco",
+    "gymnasium-robotics", "rsl-rl-lib", "dvc", "dvclive", "matplotlib", "seaborn", "scikit-image", "pillow",
+)
+DEFAULT_THREADS = 2
+
+
+def seed_everything(seed: int, threads: int = DEFAULT_THREADS, deterministic: bool = True) -> None:
+    """Seed python, numpy and torch; fix the thread count; ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    import torch
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    if deterministic:
+        # warn_only: a few CPU ops have no deterministic twin and we would rather run than refuse.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: derive python/numpy seeds from torch's per-worker seed."""
+    import torch
+
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def torch_generator(seed: int):
+    """A seeded generator for DataLoader shuffling, independent of the global RNG."""
+    import torch
+
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    A crash, an exception or SIGKILL leaves either the old file or nothing: never a half-written file under
+    the final name. The temporary name starts with '.' and ends in '.tmp' so globbing skips it.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HandEyeError(f"cannot create output folder {path.parent}: {e.strerror}") from None
+    if not os.access(path.parent, os.W_OK):
+        raise HandEyeError(f"output folder {path.parent} is not writable")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp_path, 0o644)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Stable JSON: sorted keys and a trailing newline, so equal content gives equal bytes."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save through a temp file. The zip's top folder is named after the file written (FIELD_NOTES),
+    so we save under the final name inside a private temp folder to keep bytes independent of the temp name."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as d:
+        staged = Path(d) / path.name
+        torch.save(obj, staged)
+        with open(staged, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(staged, path)
+
+
+def _json_default(o: Any) -> Any:
+    if dataclasses.is_dataclass(o):
+        return dataclasses.asdict(o)
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def file_md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def git_state(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Commit and dirty flag of the checkout, or None values outside a git checkout (a Docker image)."""
+
+    def run(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = run("rev-parse", "HEAD")
+    status = run("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def run_manifest(stage: str, config: Any, seed: int | None) -> dict[str, Any]:
+    """What produced an output: stage, resolved config, seed, code version, library versions, machine."""
+    import torch
+
+    cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+    return {
+        "stage": stage,
+        "config": cfg,
+        "seed": seed,
+        "git": git_state(),
+        "python": sys.version.split()[0],
+        "packages": package_versions(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def write_manifest(out_dir: str | os.PathLike, stage: str, config: Any, seed: int | None,
+                   name: str = "run_manifest.json") -> Path:
+    """Write ``run_manifest.json`` into ``out_dir`` atomically and return its path.
+
+    Declare it as a DVC output with ``cache: false``: it holds the commit, which changes on every commit
+    and must not invalidate bit-for-bit checks of the real outputs.
+    """
+    path = Path(out_dir) / name
+    atomic_write_json(path, run_manifest(stage, config, seed))
+    return path
