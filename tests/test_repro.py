@@ -1,0 +1,141 @@
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from handeye import repro
+from handeye.errors import HandEyeError
+
+
+def draw():
+    return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+
+def test_seed_everything_repeats_python_numpy_torch():
+    repro.seed_everything(123)
+    a = draw()
+    repro.seed_everything(123)
+    assert draw() == a
+    repro.seed_everything(124)
+    assert draw() != a
+
+
+def test_seed_everything_fixes_threads_and_determinism():
+    repro.seed_everything(0, threads=1)
+    assert torch.get_num_threads() == 1
+    assert torch.are_deterministic_algorithms_enabled()
+    repro.seed_everything(0)
+    assert torch.get_num_threads() == repro.DEFAULT_THREADS
+
+
+def test_seeded_dataloader_workers_repeat():
+    ds = torch.utils.data.TensorDataset(torch.arange(32))
+
+    def order(seed):
+        dl = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=True, num_workers=2,
+                                         worker_init_fn=repro.seed_worker, generator=repro.torch_generator(seed))
+        return torch.cat([b[0] for b in dl]).tolist()
+
+    assert order(5) == order(5)
+    assert order(5) != order(6)
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    p = tmp_path / "sub" / "a.json"
+    repro.atomic_write_json(p, {"b": 1, "a": [1, 2]})
+    assert json.loads(p.read_text()) == {"a": [1, 2], "b": 1}
+    assert p.read_text().startswith('{\n  "a"')  # sorted keys: equal content, equal bytes
+    assert [f.name for f in p.parent.iterdir()] == ["a.json"]
+
+
+def test_atomic_path_exception_leaves_old_file_and_no_temp(tmp_path):
+    p = tmp_path / "out.bin"
+    p.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with repro.atomic_path(p) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("crash mid-write")
+    assert p.read_bytes() == b"old"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["out.bin"]
+
+
+def test_sigkill_mid_write_leaves_no_complete_looking_file(tmp_path):
+    target = tmp_path / "model.pt"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from handeye.repro import atomic_path
+        with atomic_path({str(target)!r}) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(b"x" * 1000)
+                f.flush()
+                print("written", flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL
+    assert "written" in proc.stdout
+    assert not target.exists()
+    leftovers = list(tmp_path.iterdir())
+    assert all(f.name.startswith(".") and f.name.endswith(".tmp") for f in leftovers)
+
+
+def test_atomic_torch_save_bytes_do_not_depend_on_temp_name(tmp_path):
+    state = {"w": torch.arange(6.0).reshape(2, 3)}
+    repro.atomic_torch_save(state, tmp_path / "a" / "m.pt")
+    repro.atomic_torch_save(state, tmp_path / "b" / "m.pt")
+    assert (tmp_path / "a" / "m.pt").read_bytes() == (tmp_path / "b" / "m.pt").read_bytes()
+    assert torch.equal(torch.load(tmp_path / "a" / "m.pt", weights_only=True)["w"], state["w"])
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["m.pt"]
+
+
+def test_unwritable_output_folder_is_one_line_error(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        with pytest.raises(HandEyeError, match="not writable"):
+            repro.atomic_write_text(ro / "x.txt", "x")
+    finally:
+        ro.chmod(0o700)
+
+
+def test_manifest_records_commit_versions_seed_and_config(tmp_path):
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Cfg:
+        lr: float = 0.1
+        out: Path = Path("out/x")
+
+    path = repro.write_manifest(tmp_path, "unit", Cfg(), seed=7)
+    m = json.loads(path.read_text())
+    assert m["stage"] == "unit" and m["seed"] == 7
+    assert m["config"] == {"lr": 0.1, "out": "out/x"}
+    assert m["packages"]["torch"] == torch.__version__.split("+")[0] or m["packages"]["torch"].startswith(
+        torch.__version__.split("+")[0])
+    assert set(m["git"]) == {"commit", "dirty"}
+    assert m["torch_threads"] >= 1
+
+
+def test_file_md5(tmp_path):
+    p = tmp_path / "f"
+    p.write_bytes(b"abc")
+    assert repro.file_md5(p) == "900150983cd24fb0d6963f7d28e17f72"
+
+
+def test_output_folder_that_cannot_be_created_is_one_line_error(tmp_path):
+    """Works as root too: a path under a regular file cannot become a folder."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(HandEyeError, match="cannot create output folder"):
+        repro.atomic_write_text(blocker / "sub" / "x.txt", "x")
