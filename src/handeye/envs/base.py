@@ -1,0 +1,100 @@
+"""The environment interface both backends implement: rsl_rl's ``VecEnv`` with HandEye's observation groups.
+
+The task is Isaac Lab's vision-based Shadow hand cube reorientation with two cameras. A backend holds
+``num_envs`` environments stepped in lockstep; observations are embeddings of both views from a frozen encoder
+plus proprioception and the goal. Rewards come from ``handeye.envs.rewards.compute_reward`` on both backends.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+
+import torch
+from rsl_rl.env import VecEnv
+
+from handeye.envs import rewards
+
+NUM_CAMERAS = 2
+NUM_ACTIONS = 20  # actuated joints of the Shadow hand (24 joints, the distal ones are coupled)
+NUM_HAND_JOINTS = 24
+NUM_FINGERTIPS = 5
+# Sizes of the non-image parts of the observation groups (see CubeReorientEnv); tests check the env against them.
+PROPRIO_DIM = 2 * NUM_HAND_JOINTS + 4 + 3 * NUM_FINGERTIPS + NUM_ACTIONS  # 87
+PRIVILEGED_DIM = 3 + 4 + 3 + 3 + 4 + 3  # 20
+# rsl_rl obs_groups: the actor sees what a robot would; the critic also sees the simulator's state.
+OBS_GROUPS = {"actor": ["policy"], "critic": ["policy", "privileged"]}
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    num_envs: int = 16  # environments stepped in lockstep
+    episode_length_s: float = 10.0  # time limit (Isaac Lab: 10 s); reaching it is a time-out, not a failure
+    control_dt: float = 1 / 60  # s per policy step (Isaac Lab: sim dt 1/120, decimation 2)
+    image_size: int = 64  # square camera images (Isaac Lab renders 120x120)
+    workers: int = 2  # MuJoCo: processes that step and render the envs (0 = in this process)
+    reset_position_noise: float = 0.01  # m, uniform noise on the cube's spawn position (Isaac Lab)
+    reset_dof_pos_noise: float = 0.2  # fraction of the joint range added to the hand's start pose (Isaac Lab)
+    vel_obs_scale: float = 0.2  # joint/angular velocities are scaled by this in observations (Isaac Lab)
+    encoder_bf16: bool = True  # embed under bfloat16 autocast (tested to match float32 embeddings closely)
+    embed_batch: int = 256  # images per encoder call
+
+
+class CubeReorientEnv(VecEnv):
+    """``num_envs`` Shadow hands each holding a cube, to be turned to a goal orientation.
+
+    Observations (``get_observations()`` and ``step()``) are a ``TensorDict`` of batch size ``(num_envs,)``:
+
+    - ``"policy"``: ``(num_envs, 2 * D + PROPRIO_DIM)`` = embedding of camera 0 (D), of camera 1 (D), hand joint
+      positions scaled to [-1, 1] (24), joint velocities x ``vel_obs_scale`` (24), goal quaternion (4),
+      fingertip positions relative to the in-hand position (15), last actions (20). D = encoder.embed_dim.
+    - ``"privileged"``: ``(num_envs, PRIVILEGED_DIM)`` = cube position relative to the in-hand position (3),
+      cube quaternion (4), linear velocity (3), angular velocity x ``vel_obs_scale`` (3), quaternion from goal
+      to cube (4), in-hand position (3). Only the critic reads it (``OBS_GROUPS``).
+
+    Actions: ``(num_envs, 20)`` in [-1, 1] (clipped), mapped linearly onto each actuator's joint range
+    (Isaac Lab's absolute position targets).
+
+    ``step`` returns ``(obs, rewards (num_envs,), dones (num_envs,) long, extras)``. An env is done when its cube
+    fell (``rewards.FALL_DIST``) or its episode timed out; done envs are reset before ``obs`` is built, so
+    ``obs`` of a done env is the first observation of its next episode. A goal reached (``success``) gives the
+    bonus and a new goal without ending the episode. ``extras``:
+
+    - ``"time_outs"``: ``(num_envs,)`` bool, done because of the time limit (PPO bootstraps these).
+    - ``"log"``: scalars or tensors averaged by rsl_rl's logger each iteration:
+      ``Reward/<term>`` and ``Reward/total`` (per env step, every step),
+      ``Episode_Reward/<term>`` (episode sum / episode_length_s, for the episodes that ended, as Isaac Lab),
+      ``Episode/success_rate`` (ended episodes that reached at least one goal),
+      ``Episode/successes`` (goals reached per ended episode).
+    """
+
+    cfg: EnvConfig
+    num_cameras: int = NUM_CAMERAS
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release worker processes and rendering contexts."""
+
+
+def policy_obs(embeddings: torch.Tensor, joint_pos: torch.Tensor, joint_lower: torch.Tensor,
+               joint_upper: torch.Tensor, joint_vel: torch.Tensor, goal_quat: torch.Tensor,
+               fingertip_pos: torch.Tensor, in_hand_pos: torch.Tensor, actions: torch.Tensor,
+               vel_obs_scale: float) -> torch.Tensor:
+    """The ``policy`` group, built the same way by both backends.
+    embeddings: (N * 2, D) env-major (env 0 cam 0, env 0 cam 1, ...); fingertip_pos: (N, 5, 3) -> (N, 2D + 87)."""
+    n = joint_pos.shape[0]
+    return torch.cat([
+        embeddings.reshape(n, -1),
+        (2 * joint_pos - joint_upper - joint_lower) / (joint_upper - joint_lower),
+        vel_obs_scale * joint_vel, goal_quat, (fingertip_pos - in_hand_pos[:, None]).reshape(n, -1), actions,
+    ], dim=-1)
+
+
+def privileged_obs(object_pos: torch.Tensor, object_quat: torch.Tensor, object_linvel: torch.Tensor,
+                   object_angvel: torch.Tensor, goal_quat: torch.Tensor, in_hand_pos: torch.Tensor,
+                   vel_obs_scale: float) -> torch.Tensor:
+    """The ``privileged`` group (critic only), both backends: (N, 20)."""
+    return torch.cat([
+        object_pos - in_hand_pos, object_quat, object_linvel, vel_obs_scale * object_angvel,
+        rewards.quat_mul(object_quat, rewards.quat_conjugate(goal_quat)), in_hand_pos,
+    ], dim=-1)

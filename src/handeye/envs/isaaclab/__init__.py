@@ -1,0 +1,28 @@
+"""GPU backend: Isaac Lab's Shadow hand vision repose-cube task with two cameras and our frozen encoder.
+
+Runs only where Isaac Lab is installed (docker/Dockerfile.isaaclab, a GPU with RTX rendering): ``task.py`` and
+``train.py`` import Isaac Lab and are never imported elsewhere. ``views.py`` holds the pure parts (camera
+poses, splitting the tiled camera's output into the two views, observation layout), tested on the CPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from handeye.errors import HandEyeError
+
+TASK_ID = "HandEye-Reorient-Cube-Shadow-TwoCam-v0"
+
+
+def require_isaaclab() -> None:
+    if importlib.util.find_spec("isaaclab") is None or importlib.util.find_spec("isaaclab_tasks") is None:
+        raise HandEyeError("Isaac Lab is not installed here; the isaaclab backend runs only inside the image "
+                           "built from docker/Dockerfile.isaaclab on a GPU machine (use --backend mujoco on the CPU)")
+
+
+def run_isaaclab(cfg, resume: bool = False):
+    """``handeye rl --backend isaaclab``: train through Isaac Lab's rsl-rl wrapper (inside its container)."""
+    require_isaaclab()
+    from handeye.envs.isaaclab.train import train
+
+    return train(cfg, resume)
