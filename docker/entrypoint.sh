@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Entrypoint of handeye:cpu. With arguments: run them (`docker run --rm handeye:cpu handeye --help`).
+# Without: reproduce the demo in a scratch copy of /opt/handeye (so the image stays read-only and any --user
+# works), then copy paper_figs/, every stage output (out/) and dvc.lock into the mounted folder $HANDEYE_OUT.
+set -euo pipefail
+[ $# -gt 0 ] && exec "$@"
+
+dest=${HANDEYE_OUT:-/out}
+if [ ! -d "$dest" ] || [ ! -w "$dest" ]; then
+  echo "handeye: error: $dest is not a writable folder; mount one: docker run --rm -v \"\$PWD/out:/out\" handeye:cpu" \
+       "(add --user \"\$(id -u):\$(id -g)\" if uid $(id -u) cannot write to it)" >&2
+  exit 2
+fi
+
+work=$(mktemp -d /tmp/handeye.XXXXXX)
+cp -a /opt/handeye/. "$work"
+cd "$work"
+dvc pull --quiet data.dvc
+# The cache in the image is empty, so nothing can be restored from the run-cache: every stage executes.
+dvc repro
+cp -r paper_figs out dvc.lock "$dest"/
+echo "handeye: figures and table in $dest/paper_figs, all stage outputs in $dest/out, their md5s in $dest/dvc.lock"

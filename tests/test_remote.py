@@ -1,0 +1,153 @@
+"""Remote storage round trip on a real WebDAV server (wsgidav) on 127.0.0.1: push with the run-cache, fresh
+clone, pull; the clone must be clean, reproduce nothing and hold identical files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from handeye.repro import file_md5
+
+pytestmark = pytest.mark.slow
+
+# The stage logs each execution outside the repository, so "repro ran nothing" is observable directly.
+GEN = """\
+import pathlib, sys
+with open(sys.argv[1], "a") as log:
+    log.write("ran\\n")
+out = pathlib.Path("out/result"); out.mkdir(parents=True, exist_ok=True)
+(out / "table.md").write_text("| encoder | top-1 |\\n| random | 0.25 |\\n")
+(out / "weights.bin").write_bytes(bytes(range(256)) * 64)
+pathlib.Path("paper_figs").mkdir(exist_ok=True)
+pathlib.Path("paper_figs/figure.svg").write_text("<svg/>\\n")
+"""
+OUTPUTS = ["out/result/table.md", "out/result/weights.bin", "paper_figs/figure.svg"]
+
+
+def run(cwd: Path, *cmd: str) -> str:
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def dvc(cwd: Path, *args: str) -> str:
+    return run(cwd, sys.executable, "-m", "dvc", *args)
+
+
+def git(cwd: Path, *args: str) -> str:
+    return run(cwd, "git", "-c", "user.name=test", "-c", "user.email=test@example.org", *args)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def webdav(tmp_path):
+    """A wsgidav server on 127.0.0.1 sharing a fresh folder read-write; yields (url, folder)."""
+    pytest.importorskip("wsgidav", reason="the WebDAV test server: pip install wsgidav cheroot")
+    pytest.importorskip("dvc_webdav", reason="DVC's WebDAV remote: pip install dvc-webdav")
+    store = tmp_path / "dav"
+    # The remote's folder exists on the server, as on a real share: webdav4's makedirs gets 409 from wsgidav
+    # when it tries to create a folder directly under the share root.
+    (store / "store").mkdir(parents=True)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "wsgidav.server.server_cli", "--host", "127.0.0.1", "--port", str(port),
+         "--root", str(store), "--auth", "anonymous", "--no-config", "-q"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url, timeout=1)
+                break
+            except OSError:
+                assert server.poll() is None, f"wsgidav exited: {server.stderr.read().decode()}"
+                time.sleep(0.1)
+        else:
+            pytest.fail("wsgidav did not answer within 10 s")
+        yield f"webdav://127.0.0.1:{port}/store", store
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_push_clone_pull_is_clean_and_reproduces_nothing(webdav, tmp_path):
+    remote_url, store = webdav
+    log = tmp_path / "executions.log"
+    project = tmp_path / "project"
+    project.mkdir()
+    git(project, "init", "-q")
+    dvc(project, "init", "-q")
+    (project / "gen.py").write_text(GEN)
+    (project / "dvc.yaml").write_text(textwrap.dedent(f"""\
+        stages:
+          gen:
+            cmd: {sys.executable} gen.py {log}
+            deps: [gen.py]
+            outs: [out/result, paper_figs/figure.svg]
+        """))
+    dvc(project, "remote", "add", "-d", "storage", remote_url)
+    dvc(project, "repro", "-q")
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "pipeline")
+    dvc(project, "push", "--run-cache")
+    assert log.read_text() == "ran\n"
+    assert any((store / "store" / "runs").rglob("*")), "dvc push --run-cache stored no run-cache entry"
+
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(project), str(clone))
+    assert not (clone / "out" / "result").exists()
+    dvc(clone, "pull")
+
+    assert json.loads(dvc(clone, "status", "--json")) == {}
+    dvc(clone, "repro")
+    assert log.read_text() == "ran\n", "dvc repro executed the stage in the fresh clone"
+    for rel in OUTPUTS:
+        assert file_md5(clone / rel) == file_md5(project / rel), rel
+
+
+def test_run_cache_restores_outputs_without_executing(webdav, tmp_path):
+    """Without a committed dvc.lock, `dvc repro --pull` restores the outputs from the remote run-cache."""
+    remote_url, _ = webdav
+    log = tmp_path / "executions.log"
+    project = tmp_path / "project"
+    project.mkdir()
+    git(project, "init", "-q")
+    dvc(project, "init", "-q")
+    (project / "gen.py").write_text(GEN)
+    # No dvc.lock is committed, so only the run-cache can tell the clone what the stage produces.
+    (project / "dvc.yaml").write_text(textwrap.dedent(f"""\
+        stages:
+          gen:
+            cmd: {sys.executable} gen.py {log}
+            deps: [gen.py]
+            outs: [out/result, paper_figs/figure.svg]
+        """))
+    dvc(project, "remote", "add", "-d", "storage", remote_url)
+    dvc(project, "repro", "-q")
+    dvc(project, "push", "--run-cache")
+    os.remove(project / "dvc.lock")
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "pipeline without lock")
+
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(project), str(clone))
+    dvc(clone, "repro", "--pull")  # fetches the run-cache entry and the outputs it names
+    assert log.read_text() == "ran\n", "the stage executed instead of being restored from the run-cache"
+    for rel in OUTPUTS:
+        assert file_md5(clone / rel) == file_md5(project / rel), rel
+    shutil.rmtree(clone)
