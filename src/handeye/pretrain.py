@@ -1,0 +1,382 @@
+"""``handeye pretrain``: MAE pretraining of one strategy on a frame-shard folder, resumable bit for bit.
+
+    handeye pretrain --data-dir out/frames/ego --output-dir out/models/ego_frozen --epochs 10 \
+        --init imagenet --freeze-blocks 6
+
+Every other knob is in the ``pretrain`` section of params.yaml (``PretrainConfig``). The output folder holds
+``checkpoint.pt`` (the full training state, rewritten atomically after every epoch), and at the end
+``encoder.pt`` (a HandEye encoder export), ``preview.png`` (reconstructions), ``live/`` (dvclive: loss per
+epoch), ``timings.json`` and ``run_manifest.json``. Rerunning the same command on the same folder resumes from
+``checkpoint.pt``; a run killed at any moment ends, once rerun, with the same bytes as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+# Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning made each step 5-10x
+# slower (measured). No effect on the numbers; only takes hold if torch is not imported yet.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from handeye import repro, vit
+from handeye.config import PARAMS_FILE, load_config
+from handeye.errors import HandEyeError
+from handeye.mae import DecoderArch, MaskedAutoencoder
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    arch: str = "vit_demo_patch8_64"  # encoder (handeye.vit.ARCHS); paper: vit_base_patch16_224
+    decoder_embed_dim: int = 512  # decoder width (official MAE: 512)
+    decoder_depth: int = 8  # decoder blocks (official: 8)
+    decoder_num_heads: int = 16  # decoder attention heads (official: 16)
+    mask_ratio: float = 0.75  # fraction of patches removed from the encoder's input
+    norm_pix_loss: bool = True  # regress per-patch normalised pixels (the official released weights' loss)
+    epochs: int = 20  # passes over the frames; 0 exports the initial weights without training
+    warmup_epochs: float = 2.0  # linear learning-rate warmup before the cosine decay
+    batch_size: int = 64  # images per optimiser step (official: 4096)
+    blr: float = 1.5e-4  # base learning rate: lr = blr * batch_size / 256
+    min_lr: float = 0.0  # floor of the per-iteration cosine schedule
+    weight_decay: float = 0.05  # AdamW decay; none on norms, biases, position embeddings and tokens
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas of MAE
+    crop_scale: tuple[float, float] = (0.2, 1.0)  # RandomResizedCrop area range (plus a horizontal flip)
+    init: str = "random"  # random | imagenet | PATH (HandEye export/checkpoint, official .pth, HF folder)
+    imagenet_init: str = "out/models/imagenet/checkpoint.pt"  # what init 'imagenet' loads
+    freeze_blocks: int = 0  # freeze patch/pos embedding, CLS token and the first N encoder blocks
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the hardware has bf16 math
+    device: str = "auto"  # auto: cuda when available, else cpu (bit-exact resume is checked on the CPU)
+    threads: int = 2  # CPU threads; the bits of a run depend on it (FIELD_NOTES)
+    num_workers: int = 0  # DataLoader workers; frames are memory-mapped, so 0 is fast on small machines
+    seed: int = 0  # seeds init, masking, augmentation and shuffling
+    preview_images: int = 6  # frames shown in preview.png
+    license: str = "MIT (trained by HandEye on the demo data)"  # travels in encoder.pt's preprocessing
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    out_dir: Path
+    epochs_run: int
+    final_loss: float | None
+    seconds: float
+
+
+# ----------------------------------------------------------------------------------------------- data
+class CropFlip(Dataset):
+    """Frames as uint8 (3, S, S): RandomResizedCrop(crop_scale) + horizontal flip. Normalising happens per
+    batch in float on the training device, where it is one vectorised op."""
+
+    def __init__(self, frames: Dataset, size: int, scale: tuple[float, float]):
+        from torchvision.transforms import v2
+
+        self.frames = frames
+        self.transform = v2.Compose([
+            v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.RandomHorizontalFlip(),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.transform(self.frames[i])
+
+
+def load_frames(data_dir: Path, img_size: int, batch_size: int):
+    """The frame shards of ``data_dir``, checked against the encoder's input size and the batch size."""
+    from handeye.frames import FrameDataset
+
+    if not Path(data_dir).is_dir():
+        raise HandEyeError(f"data folder {data_dir} not found; extract frames first (`handeye extract-frames`)")
+    frames = FrameDataset(data_dir)
+    h, w = frames.resolution
+    if min(h, w) < img_size:
+        raise HandEyeError(f"frames in {data_dir} are {h}x{w}, smaller than the encoder's {img_size}x{img_size} "
+                           f"input; extract them with frames.resolution >= {img_size} or choose another arch")
+    if len(frames) < batch_size:
+        raise HandEyeError(f"{data_dir} holds {len(frames)} frames, fewer than one batch ({batch_size}); "
+                           f"lower pretrain.batch_size or extract more frames")
+    return frames
+
+
+def normalise(imgs: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float (N, 3, H, W) with ImageNet mean/std, as the official MAE input."""
+    mean = torch.tensor(vit.IMAGENET_MEAN, device=imgs.device).view(1, 3, 1, 1)
+    std = torch.tensor(vit.IMAGENET_STD, device=imgs.device).view(1, 3, 1, 1)
+    return (imgs.float() / 255.0 - mean) / std
+
+
+def make_loader(data: Dataset, cfg: PretrainConfig, epoch: int) -> DataLoader:
+    """A shuffle of its own per epoch, seeded by (seed, epoch), so a resumed run sees the same order."""
+    seed = int(np.random.SeedSequence([cfg.seed, epoch]).generate_state(1)[0])
+    return DataLoader(data, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.num_workers,
+                      generator=repro.torch_generator(seed), worker_init_fn=repro.seed_worker,
+                      persistent_workers=False)
+
+
+# ---------------------------------------------------------------------------------------------- model
+def build_model(cfg: PretrainConfig) -> MaskedAutoencoder:
+    decoder = DecoderArch(cfg.decoder_embed_dim, cfg.decoder_depth, cfg.decoder_num_heads)
+    return MaskedAutoencoder(vit.arch_by_name(cfg.arch), decoder, cfg.norm_pix_loss)
+
+
+def initialise(model: MaskedAutoencoder, cfg: PretrainConfig) -> dict[str, Any]:
+    """Load ``cfg.init`` into ``model`` (random: keep the MAE init). Returns the provenance of the init."""
+    if cfg.init == "random":
+        return {"init": "random", "seed": cfg.seed}
+    source = Path(cfg.imagenet_init if cfg.init == "imagenet" else cfg.init)
+    if not source.exists():
+        hint = " (pretrain.imagenet_init; the demo trains it in stage pretrain@imagenet)" if cfg.init == "imagenet" else ""
+        raise HandEyeError(f"init weights {source} not found{hint}")
+    w = vit.load_pretrained(source)
+    vit.load_strict(model.encoder, w.encoder, str(source))
+    if w.arch != model.arch:
+        raise HandEyeError(f"{source} is a {w.arch} encoder but pretrain.arch '{cfg.arch}' is {model.arch}")
+    if w.decoder is None:
+        print(f"pretrain: {source} has no decoder; the decoder starts from a fresh MAE init")
+    else:
+        if w.decoder_arch is not None and DecoderArch(**w.decoder_arch) != model.decoder_arch:
+            raise HandEyeError(f"{source} has decoder {w.decoder_arch} but params give {model.decoder_arch}; "
+                               f"set pretrain.decoder_* to match")
+        vit.load_strict(model.decoder, w.decoder, f"{source} (decoder)")
+    model.check_position_embeddings(str(source))
+    return {"init": cfg.init, **w.provenance, "decoder": "fresh" if w.decoder is None else "loaded"}
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 doubles matmul speed where the hardware has it and crawls where it is emulated (AVX2 CPUs)."""
+    if precision != "auto":
+        return torch.bfloat16 if precision == "bf16" else None
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    else:
+        native = any(getattr(torch.cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported",
+                                                                         "_is_amx_tile_supported"))
+    return torch.bfloat16 if native else None
+
+
+def lr_factor(it: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Multiplier of the peak lr at iteration ``it``: linear warmup, then half-cycle cosine to min_lr."""
+    if it < warmup:
+        return it / warmup
+    progress = (it - warmup) / max(1, total - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(model: MaskedAutoencoder, cfg: PretrainConfig, iters_per_epoch: int):
+    from timm.optim import param_groups_weight_decay
+
+    lr = cfg.blr * cfg.batch_size / 256
+    skip = ["encoder.pos_embed", "encoder.cls_token", "decoder.mask_token", "decoder.decoder_pos_embed"]
+    groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=skip)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
+    factor = partial(lr_factor, warmup=round(cfg.warmup_epochs * iters_per_epoch),
+                     total=cfg.epochs * iters_per_epoch, min_ratio=cfg.min_lr / lr if lr else 0.0)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# --------------------------------------------------------------------------------------------- engine
+def train_one_epoch(model: MaskedAutoencoder, loader: DataLoader, optimizer, scheduler, cfg: PretrainConfig,
+                    device: torch.device, amp: torch.dtype | None, epoch: int) -> float:
+    """One pass; the lr follows the schedule per iteration. Returns the mean loss."""
+    model.train()
+    losses = []
+    for imgs in tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False):
+        x = normalise(imgs.to(device, non_blocking=True))
+        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            loss, _, _ = model(x, cfg.mask_ratio)
+        if not torch.isfinite(loss):
+            raise HandEyeError(f"loss is {loss.item()} at epoch {epoch}; lower pretrain.blr or use precision fp32")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.detach())
+    return torch.stack(losses).mean().item()
+
+
+# ----------------------------------------------------------------------------------------- checkpoint
+def resolved_config(cfg: PretrainConfig, data_dir: Path) -> dict[str, Any]:
+    """What decides the bits: the config plus the data folder (not the output folder, so that a run may be
+    repeated elsewhere and compared byte for byte). JSON round trip: tuples become lists on both sides."""
+    return json.loads(json.dumps({**dataclasses.asdict(cfg), "data_dir": str(data_dir)}))
+
+
+def checkpoint_state(model, optimizer, scheduler, epoch: int, history: list, config: dict, init: dict) -> dict:
+    return canonical({
+        "format": vit.CHECKPOINT_FORMAT, "epoch": epoch, "config": config, "init": init, "history": history,
+        "arch": dataclasses.asdict(model.arch), "decoder_arch": dataclasses.asdict(model.decoder_arch),
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "rng": {"torch": torch.get_rng_state(),
+                **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
+    })
+
+
+def canonical(obj: Any) -> Any:
+    """Rebuild containers and intern strings. Pickle writes a repeated *object* as a back-reference, so equal
+    content whose strings were built differently (read from a checkpoint on resume, or written as literals in
+    an uninterrupted run) would give different bytes; after this, the bytes depend on the content only."""
+    if isinstance(obj, dict):
+        return {canonical(k): canonical(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(canonical(v) for v in obj)
+    return sys.intern(obj) if isinstance(obj, str) else obj
+
+
+def load_checkpoint(path: Path, config: dict) -> dict:
+    ckpt = vit.load_state(path)  # weights_only: anything but tensors and containers is refused
+    if ckpt.get("format") != vit.CHECKPOINT_FORMAT:
+        raise HandEyeError(f"{path} is not a HandEye MAE checkpoint; move it away or use another --output-dir")
+    if ckpt["config"] != config:
+        diff = sorted(k for k in set(config) | set(ckpt["config"]) if config.get(k) != ckpt["config"].get(k))
+        changes = ", ".join(f"{k}: {ckpt['config'].get(k)!r} -> {config.get(k)!r}" for k in diff)
+        raise HandEyeError(f"{path} was written with other settings ({changes}); delete it to start over, "
+                           f"or use another --output-dir")
+    return ckpt
+
+
+def restore(ckpt: dict, model, optimizer, scheduler) -> None:
+    vit.load_strict(model, ckpt["model"], "checkpoint")
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+
+# -------------------------------------------------------------------------------------------- outputs
+def write_live(out_dir: Path, history: list[dict]) -> None:
+    """dvclive metrics rebuilt from the checkpoint's history, so they always agree with it after a resume."""
+    from dvclive import Live
+
+    with Live(str(out_dir / "live"), save_dvc_exp=False, dvcyaml=None) as live:
+        for row in history:
+            live.step = row["epoch"]
+            live.log_metric("train/loss", row["loss"])
+            live.log_metric("train/lr", row["lr"])
+
+
+@torch.no_grad()
+def save_preview(model: MaskedAutoencoder, frames, cfg: PretrainConfig, path: Path) -> None:
+    """Original, masked input and reconstruction of the first frames, with a fixed mask."""
+    import matplotlib.pyplot as plt
+    from torchvision.transforms import v2
+
+    from handeye.plotting import save_figure
+
+    n = min(cfg.preview_images, len(frames))
+    size = model.arch.img_size
+    pre = vit.Preprocess(size)
+    x = normalise(v2.CenterCrop(size)(v2.Resize(size, antialias=True)(torch.stack([frames[i] for i in range(n)]))))
+    device = next(model.parameters()).device
+    noise = torch.rand(n, model.arch.num_patches, generator=torch.Generator().manual_seed(cfg.seed))
+    model.eval()
+    _, pred, mask = model(x.to(device), cfg.mask_ratio, noise.to(device))
+    pred, mask = pred.cpu(), mask.cpu()
+    recon = model.reconstruct(x, pred, mask)
+    masked = model.unpatchify(model.patchify(x) * (1 - mask).unsqueeze(-1))
+    mean, std = torch.tensor(pre.mean).view(1, 3, 1, 1), torch.tensor(pre.std).view(1, 3, 1, 1)
+    rows = [(t * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy() for t in (x, masked, recon)]
+    fig, axes = plt.subplots(3, n, figsize=(1.4 * n, 4.4), squeeze=False)
+    for r, (title, imgs) in enumerate(zip(("original", f"masked {cfg.mask_ratio:.0%}", "reconstruction"), rows)):
+        for c in range(n):
+            axes[r, c].imshow(imgs[c])
+            axes[r, c].set_axis_off()
+        axes[r, 0].set_title(title, fontsize=8, loc="left")
+    save_figure(fig, path)
+
+
+def export_encoder(model: MaskedAutoencoder, cfg: PretrainConfig, out_dir: Path, ckpt: dict) -> None:
+    arch = model.arch
+    pre = vit.Preprocess(arch.img_size, patch_size=arch.patch_size, license=cfg.license)
+    history = ckpt["history"]
+    provenance = {"strategy": out_dir.name, "init": ckpt["init"], "data": ckpt["config"]["data_dir"],
+                  "epochs": ckpt["epoch"], "final_loss": history[-1]["loss"] if history else None,
+                  "arch_name": cfg.arch, "commit": repro.git_state()["commit"], "config": ckpt["config"]}
+    vit.save_export(out_dir / "encoder.pt", arch, model.encoder.state_dict(), pre, provenance)
+
+
+# ---------------------------------------------------------------------------------------------- stage
+def run_pretrain(cfg: PretrainConfig, data_dir: str | Path, out_dir: str | Path) -> PretrainResult:
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    repro.seed_everything(cfg.seed, cfg.threads)
+    model = build_model(cfg)  # validates arch; init draws from the seeded RNG
+    model.freeze(cfg.freeze_blocks)  # validates the range before any data is read
+    frames = load_frames(data_dir, model.arch.img_size, cfg.batch_size)
+    data = CropFlip(frames, model.arch.img_size, tuple(cfg.crop_scale))
+    device = torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    amp = autocast_dtype(cfg.precision, device)
+    config = resolved_config(cfg, data_dir)
+    iters = len(frames) // cfg.batch_size
+
+    path = out_dir / CHECKPOINT
+    ckpt = load_checkpoint(path, config) if path.exists() else None
+    init = ckpt["init"] if ckpt else initialise(model, cfg)
+    model.to(device)
+    optimizer, scheduler = make_optimizer(model, cfg, iters)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"pretrain: {cfg.arch}, {trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters "
+          f"trainable (freeze_blocks={cfg.freeze_blocks}), {len(frames)} frames, {iters} steps/epoch, "
+          f"{'bf16 autocast' if amp else 'fp32'} on {device}")
+    if ckpt:
+        restore(ckpt, model, optimizer, scheduler)
+        print(f"pretrain: resuming {path} after epoch {ckpt['epoch']} of {cfg.epochs}")
+    else:
+        ckpt = checkpoint_state(model, optimizer, scheduler, 0, [], config, init)
+        repro.atomic_torch_save(ckpt, path)  # epoch 0: a kill before the first epoch resumes here too
+
+    start, first = time.perf_counter(), ckpt["epoch"]
+    history = list(ckpt["history"])
+    for epoch in tqdm(range(first, cfg.epochs), desc="pretrain", unit="epoch", initial=first, total=cfg.epochs):
+        loss = train_one_epoch(model, make_loader(data, cfg, epoch), optimizer, scheduler, cfg, device, amp, epoch)
+        history.append({"epoch": epoch + 1, "loss": loss, "lr": scheduler.get_last_lr()[0]})
+        ckpt = checkpoint_state(model, optimizer, scheduler, epoch + 1, history, config, init)
+        repro.atomic_torch_save(ckpt, path)
+        write_live(out_dir, history)
+    seconds = time.perf_counter() - start
+
+    write_live(out_dir, history)
+    export_encoder(model, cfg, out_dir, ckpt)
+    save_preview(model, frames, cfg, out_dir / "preview.png")
+    images = (cfg.epochs - first) * iters * cfg.batch_size
+    repro.atomic_write_json(out_dir / "timings.json", {
+        "seconds": round(seconds, 3), "epochs_run": cfg.epochs - first,
+        "images_per_second": round(images / seconds, 1) if images else None})
+    repro.write_manifest(out_dir, "pretrain", config, cfg.seed)
+    final = history[-1]["loss"] if history else None
+    return PretrainResult(out_dir, cfg.epochs - first, final, seconds)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, required=True, help="frame-shard folder (handeye extract-frames)")
+    p.add_argument("--output-dir", type=Path, required=True, help="out/models/<strategy>; resumes if it has a checkpoint")
+    p.add_argument("--epochs", type=int, help="override pretrain.epochs (0: export the init without training)")
+    p.add_argument("--init", help="random | imagenet | PATH (override pretrain.init)")
+    p.add_argument("--freeze-blocks", type=int, help="override pretrain.freeze_blocks")
+    p.add_argument("--params", type=Path, default=PARAMS_FILE, help="parameter file (section 'pretrain')")
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = load_config(PretrainConfig, "pretrain", args.params,
+                      {"epochs": args.epochs, "init": args.init, "freeze_blocks": args.freeze_blocks})
+    result = run_pretrain(cfg, args.data_dir, args.output_dir)
+    loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
+    print(f"pretrain: {result.epochs_run} epoch(s) in {result.seconds:.1f} s, final loss {loss}; "
+          f"encoder, checkpoint, preview and metrics in {result.out_dir}")
+    return 0
