@@ -7,8 +7,10 @@ BIN := $(VENV)/bin
 PROFILE ?= demo
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
+# DVC runs stage commands with the caller's PATH: put the venv's `handeye` and `dvc` first.
+export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-fast verify lock clean help data
+.PHONY: setup repro test test-fast verify lock clean help data docker-test
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -35,8 +37,14 @@ test-fast: $(STAMP)  ## the tests without the slow end-to-end runs
 	$(BIN)/python -m pytest -m "not slow and not gpu and not isaaclab and not docker" $(PYTEST_ARGS)
 
 lock: $(STAMP)  ## rewrite requirements.lock from what .venv has
-	{ head -n 2 requirements.lock; $(BIN)/pip freeze --exclude-editable | grep -v -i '^handeye'; } > requirements.lock.new
+	{ head -n 2 requirements.lock; $(BIN)/pip freeze --all --exclude-editable | grep -v -i -E '^(handeye|pip)=='; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
 clean:  ## remove pipeline outputs (not the data or .venv)
 	rm -rf out paper_figs/*.png paper_figs/*.md paper_figs/*.tex
+
+verify: data  ## re-run the whole pipeline (dvc repro -f); every output must match dvc.lock bit for bit
+	$(BIN)/handeye verify
+
+docker-test: $(STAMP)  ## build docker/Dockerfile with podman (no engine), run the demo in it, compare with dvc.lock
+	scripts/docker_test.sh

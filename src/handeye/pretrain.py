@@ -24,10 +24,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-# Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning made each step 5-10x
-# slower (measured). No effect on the numbers; only takes hold if torch is not imported yet.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset

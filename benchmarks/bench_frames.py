@@ -1,0 +1,148 @@
+"""Frame extraction throughput vs a plain sequential PyAV decode of the same frames; dedup embedding speed.
+
+    .venv/bin/python benchmarks/bench_frames.py [--videos DIR] [--size 960x540] [--frames 300]
+
+Without --videos it encodes its own H.264 and H.265 clips (moving gradients + noise) into a temp folder.
+For each sampling setting it times ``handeye.frames.run_frames`` (dedup off, npy shards written) and a plain
+PyAV loop that decodes every frame and converts the requested ones to RGB arrays; both in this run, on the
+same files, each the best of --repeat interleaved runs. The extractor's time includes its
+fixed per-run cost (probing, shard and manifest writing), which weighs most on the short sparse settings.
+Target: extractor >= 0.8x plain decode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+
+from handeye import frames, repro, video
+from handeye.dedup import embed_frames
+
+CODECS = {"h264": "libx264", "hevc": "libx265"}
+
+
+def make_clip(path: Path, codec: str, width: int, height: int, n: int, fps: int = 30) -> Path:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width]
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(CODECS[codec], rate=fps)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        s.options = {"g": "30"} if codec == "h264" else {"x265-params": "keyint=30:log-level=error"}
+        for i in range(n):
+            base = np.stack([(xx + 3 * i) % 256, (yy + 2 * i) % 256, (xx + yy + i) % 256], -1)
+            img = np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def plain_decode(path: Path, wanted: list[int]) -> int:
+    """The reference: PyAV defaults, decode in order, convert the requested frames to RGB arrays."""
+    wanted_set, last, got = set(wanted), max(wanted), 0
+    with av.open(str(path)) as c:
+        for i, f in enumerate(c.decode(video=0)):
+            if i in wanted_set:
+                f.to_ndarray(format="rgb24")
+                got += 1
+            if i >= last:
+                break
+    return got
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def bench_extraction(videos: Path, cfg: frames.FramesConfig, repeat: int) -> dict:
+    paths = sorted(p for p in videos.iterdir() if p.suffix.lower() in frames.VIDEO_EXTS)
+    wanted = {}
+    for p in paths:
+        info = video.probe(p)
+        wanted[p] = frames.sample_indices(info.num_frames, info.fps, cfg)
+    n = sum(len(w) for w in wanted.values())
+    t_ext, t_ref = [], []
+    with tempfile.TemporaryDirectory() as d:
+        for _ in range(repeat):  # interleaved, so that a load change on a shared machine hits both
+            t_ext.append(timed(lambda: frames.run_frames(cfg, videos, Path(d) / "out", progress=False)))
+            t_ref.append(timed(lambda: [plain_decode(p, w) for p, w in wanted.items()]))
+    t_ext, t_ref = min(t_ext), min(t_ref)
+    return {"frames": n, "extractor_fps": n / t_ext, "plain_pyav_fps": n / t_ref, "ratio": t_ref / t_ext}
+
+
+def bench_dedup(spec: str | None, n: int, resolution: int) -> dict:
+    from handeye import encoders
+
+    if spec and Path(spec).exists():
+        enc, name = encoders.load_encoder(spec), spec
+    else:  # no demo weights here: a random ViT of the demo's size, the same code path minus the HF model
+        enc, name = encoders.random_encoder("vit_demo_patch8_64"), "random:vit_demo_patch8_64"
+    imgs = np.random.default_rng(0).integers(0, 256, (n, resolution, resolution, 3), dtype=np.uint8)
+    embed_frames(enc, imgs[:8])  # warm-up
+    t = time.perf_counter()
+    embed_frames(enc, imgs, batch_size=64)
+    return {"encoder": name, "images": n, "images_per_s": n / (time.perf_counter() - t)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--videos", type=Path, help="folder of videos (default: make H.264 + H.265 clips)")
+    ap.add_argument("--size", default="960x540", help="WxH of the generated clips")
+    ap.add_argument("--frames", type=int, default=300, help="frames per generated clip")
+    ap.add_argument("--resolution", type=int, default=64, help="extracted frame side")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per measurement (best is kept)")
+    ap.add_argument("--dedup-encoder", default="data/weights/dinov3-standin")
+    ap.add_argument("--dedup-images", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=frames.FramesConfig().threads, help="torch threads")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+    # its one-time torch imports would otherwise land in the first timed run
+    repro.seed_everything(0, threads=args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        videos = args.videos
+        if videos is None:
+            videos = Path(tmp)
+            w, h = map(int, args.size.split("x"))
+            for codec in CODECS:
+                make_clip(videos / f"{codec}.mp4", codec, w, h, args.frames)
+        generated = f"generated {args.size} x {args.frames} frames, H.264 + H.265"
+        results: dict = {"videos": str(args.videos or generated)}
+        for label, sampling in (("fps=2", {"fps": 2.0}), ("every_n=5", {"fps": None, "every_n": 5}),
+                                ("all frames", {"fps": None, "every_n": 1})):
+            for codec in (CODECS if args.videos is None else [None]):
+                folder = videos
+                if codec is not None:  # one codec at a time: decord (H.264) and PyAV (H.265) paths apart
+                    folder = Path(tmp) / codec
+                    folder.mkdir(exist_ok=True)
+                    link = folder / f"{codec}.mp4"
+                    if not link.exists():
+                        link.symlink_to(videos / f"{codec}.mp4")
+                cfg = frames.FramesConfig(resolution=args.resolution, dedup=False, threads=args.threads,
+                                          **sampling)
+                r = bench_extraction(folder, cfg, args.repeat)
+                key = f"{label} {codec or ''}".strip()
+                results[key] = r
+                print(f"{key:22s} {r['frames']:5d} frames  extractor {r['extractor_fps']:8.1f} f/s  "
+                      f"plain PyAV {r['plain_pyav_fps']:8.1f} f/s  ratio {r['ratio']:.2f}x")
+    d = bench_dedup(args.dedup_encoder, args.dedup_images, args.resolution)
+    results["dedup"] = d
+    print(f"dedup embedding ({d['encoder']}, {args.resolution} px, {args.threads} thread(s)): "
+          f"{d['images_per_s']:.1f} images/s")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
