@@ -18,6 +18,7 @@ import statistics
 import time
 
 
+import handeye  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 import torch
 
 from handeye.mae import DecoderArch, MaskedAutoencoder

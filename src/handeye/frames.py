@@ -453,7 +453,7 @@ def run_frames(cfg: FramesConfig, input_dir: str | Path, out_dir: str | Path, en
             per_video[src.name] = {"status": "ok", "frames": len(keep), "kept": kept, "dropped": dropped}
             kept_total += kept
             dropped_total += dropped
-            bar.set_postfix(kept=kept_total, dropped=dropped_total)
+            bar.set_postfix(kept=kept_total, dropped=dropped_total, refresh=False)  # drawn at the next tick
         ok = sum(v["status"] == "ok" for v in per_video.values())
         if kept_total == 0:
             raise HandEyeError(f"no frames could be extracted from {root} ({len(sources)} source(s), "
