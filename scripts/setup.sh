@@ -19,9 +19,10 @@ fi
 "$PYTHON" -c 'import sys; assert sys.version_info[:2] in ((3, 11), (3, 12)), sys.version' 2>/dev/null \
   || { echo "setup: error: Python 3.11 or 3.12 is needed, $PYTHON is $("$PYTHON" --version 2>&1)" >&2; exit 2; }
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade "pip>=24" >/dev/null
-echo "setup: installing the locked stack into $VENV (torch alone is ~5 GB; about a minute from a warm pip cache)"
 # The grep drops pip's notices about local extra indexes some machines configure.
-"$VENV/bin/python" -m pip install -q -r requirements.lock 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+quiet() { { grep -v "is ignored: it is neither a file nor a directory" || true; }; }
+"$VENV/bin/python" -m pip install -q --upgrade "pip>=24" 2>&1 | quiet
+echo "setup: installing the locked stack into $VENV (torch alone is ~5 GB; about a minute from a warm pip cache)"
+"$VENV/bin/python" -m pip install -q -r requirements.lock 2>&1 | quiet
 "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
 echo "setup: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

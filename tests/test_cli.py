@@ -49,8 +49,15 @@ def test_profile_writes_paper_params_and_refuses_to_stack(capsys, tmp_path, monk
     assert main(["profile", "paper", "--out", "params.yaml"]) == 0
     paper = yaml.safe_load((root / "configs" / "paper.yaml").read_text())
     written = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    for section, values in paper.items():
-        for key, value in values.items():
-            assert written[section][key] == value
+
+    def assert_applied(overrides, resolved, where):
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(resolved[key], dict):
+                assert_applied(value, resolved[key], f"{where}.{key}")
+            else:
+                assert resolved[key] == value, f"{where}.{key}"
+
+    assert_applied(paper, written, "params")
+    assert written["pretrain"]["arch"] == "vit_base_patch16_224"
     assert main(["profile", "paper", "--out", "params.yaml"]) == 2
     assert "git checkout params.yaml" in capsys.readouterr().err
