@@ -21,8 +21,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +29,7 @@ import numpy as np
 
 from handeye.config import PARAMS_FILE, load_config
 from handeye.errors import HandEyeError
-from handeye.repro import write_manifest
+from handeye.repro import atomic_dir, write_manifest
 
 EPIC_COLUMNS = (
     "narration_id", "participant_id", "video_id", "narration_timestamp", "start_timestamp", "stop_timestamp",
@@ -152,11 +150,10 @@ def ego_ids(i: int) -> tuple[str, str]:
 _SCENE = None
 
 
-def _init_worker(size: int, single_thread_gl: bool) -> None:
+def _init_worker(size: int) -> None:
     global _SCENE
-    if single_thread_gl:
-        # llvmpipe's own threads only fight the other worker for the same cores.
-        os.environ["LP_NUM_THREADS"] = "1"
+    # One llvmpipe thread per worker, whatever the worker count: the workers fill the cores already.
+    os.environ["LP_NUM_THREADS"] = "1"
     from handeye.sim.demo_scene import DemoScene
 
     _SCENE = DemoScene(size)
@@ -215,7 +212,7 @@ def render_all(cfg: DemoDataConfig, jobs: list[VideoJob], root: Path) -> dict[st
     frames: dict[str, int] = {}
     # Always in spawned processes: once Mesa's llvmpipe is loaded for EGL, importing triton (torchvision,
     # transformers) in the same process segfaults, and a fresh process inherits no threads or GL state.
-    with mp.get_context("spawn").Pool(cfg.workers, _init_worker, (cfg.size, cfg.workers > 1)) as pool:
+    with mp.get_context("spawn").Pool(cfg.workers, _init_worker, (cfg.size,)) as pool:
         for path, n in tqdm(pool.imap_unordered(_render_task, tasks), total=len(tasks),
                             desc="demo-data videos", unit="video"):
             frames[path] = n
@@ -378,28 +375,11 @@ def check(cfg: DemoDataConfig) -> None:
         raise HandEyeError("demo_data.epic_hold_min must be >= 1 and <= epic_hold_max")
 
 
-def prepare_out(out: Path) -> Path:
-    """A fresh temp folder beside ``out``; refuse to replace a folder demo-data did not write."""
-    out = out.resolve()
+def check_out(out: Path) -> None:
+    """Refuse to replace a folder demo-data did not write (a typo in --out must not delete someone's data)."""
     ours = out.is_dir() and (not any(out.iterdir()) or (out / "run_manifest.json").is_file())
     if out.exists() and not ours:
         raise HandEyeError(f"{out} exists and is not a demo-data output; remove it or choose another --out")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    except OSError as e:
-        raise HandEyeError(f"cannot write the output folder {out}: {e.strerror}") from None
-
-
-def publish(tmp: Path, out: Path) -> None:
-    """Swap the finished temp folder into place; the old output is removed only after the swap."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old)
 
 
 def folder_bytes(path: Path) -> int:
@@ -410,8 +390,8 @@ def run_demo_data(cfg: DemoDataConfig, out: Path) -> dict[str, object]:
     """Generate the demo dataset into ``out``; returns counts, sizes and per-part wall times (seconds)."""
     check(cfg)
     out = Path(out).resolve()
-    tmp = prepare_out(out)
-    try:
+    check_out(out)
+    with atomic_dir(out) as tmp:
         timings: dict[str, float] = {}
         t = time.perf_counter()
         jobs = plan_jobs(cfg)
@@ -428,10 +408,6 @@ def run_demo_data(cfg: DemoDataConfig, out: Path) -> dict[str, object]:
         write_standin(cfg, tmp)
         timings["standin"] = time.perf_counter() - t
         write_manifest(tmp, "demo_data", cfg, cfg.seed)
-        publish(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return {
         "ego_clips": cfg.ego_clips,
         "ego_frames": sum(n for p, n in frames.items() if p.startswith("ego/")),

@@ -15,12 +15,9 @@ Output folder (one per encoder, a DVC output)::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -84,7 +81,7 @@ def run_features(cfg: FeaturesConfig, encoder_spec: str, out_dir: str | Path) ->
     }
     timings: dict[str, float] = {}
     images = 0
-    with atomic_dir(out_dir) as tmp:
+    with repro.atomic_dir(out_dir) as tmp:
         for name, ann in splits.items():
             if (ann.verbs, ann.nouns) != (first.verbs, first.nouns):
                 raise HandEyeError(f"{ann.source}: class lists differ from those of {first.source}")
@@ -199,27 +196,6 @@ def default_dir(root: Path, encoder_spec: str) -> Path:
     path = Path(encoder_spec)
     name = path.parent.name if path.stem == "encoder" else path.stem
     return root / re.sub(r"[^A-Za-z0-9_.-]+", "_", name or "encoder")
-
-
-@contextlib.contextmanager
-def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
-    """Build a folder in a temp folder beside ``out_dir``; replace ``out_dir`` only if the block succeeds."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        yield tmp
-        tmp.chmod(0o755)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------- CLI

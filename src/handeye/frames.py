@@ -28,7 +28,6 @@ import hashlib
 import io
 import json
 import math
-import shutil
 import sys
 import tarfile
 import tempfile
@@ -432,10 +431,9 @@ def run_frames(cfg: FramesConfig, input_dir: str | Path, out_dir: str | Path, en
         encoder = dedup.load_dedup_encoder(cfg.dedup_encoder)
     corpus = dedup.CorpusIndex(cfg.dedup_threshold) if cfg.dedup and cfg.dedup_global else None
 
-    stage = _staging_dir(out)
-    try:
-        writer = (ShardWriter(stage, cfg.shard_size) if cfg.format == "npy"
-                  else ImageWriter(stage, cfg.format, cfg.jpg_quality, sources))
+    with repro.atomic_dir(out) as tmp:
+        writer = (ShardWriter(tmp, cfg.shard_size) if cfg.format == "npy"
+                  else ImageWriter(tmp, cfg.format, cfg.jpg_quality, sources))
         per_video: dict[str, dict] = {}
         kept_total = dropped_total = 0
         bar = tqdm(sources, desc="extract-frames", unit="video", disable=not progress, file=sys.stderr)
@@ -465,16 +463,12 @@ def run_frames(cfg: FramesConfig, input_dir: str | Path, out_dir: str | Path, en
         summary = {"videos_ok": ok, "videos_failed": result.videos_failed, "frames_kept": kept_total,
                    "frames_dropped": dropped_total, "shards": writer.num_shards, "per_video": per_video,
                    "warnings": warn.lines}
-        (stage / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        (stage / "timings.json").write_text(json.dumps(
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        (tmp / "timings.json").write_text(json.dumps(
             {"seconds": round(seconds, 3), "frames_per_s": round((kept_total + dropped_total) / seconds, 2)},
             indent=2, sort_keys=True) + "\n")
         manifest_cfg = {**dataclasses.asdict(cfg), "input": str(root)}
-        repro.write_manifest(stage, "extract_frames", manifest_cfg, cfg.seed)
-        _move_into_place(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+        repro.write_manifest(tmp, "extract_frames", manifest_cfg, cfg.seed)
     return result
 
 
@@ -489,29 +483,6 @@ def dedup_mask(frames: np.ndarray, cfg: FramesConfig, encoder, corpus) -> np.nda
         if corpus is not None:
             keep[keep] = corpus.keep_new(emb[keep])
     return keep
-
-
-def _staging_dir(out: Path) -> Path:
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    except OSError as e:
-        raise HandEyeError(f"cannot create output folder beside {out}: {e.strerror}") from None
-
-
-def _move_into_place(stage: Path, out: Path) -> None:
-    """Replace ``out`` by ``stage``: the old folder is renamed away first, so ``out`` is always whole."""
-    for p in sorted(stage.rglob("*")):
-        if p.is_file():
-            p.chmod(0o644)
-    stage.chmod(0o755)
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        out.rename(old / out.name)
-    stage.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------- reader

@@ -168,7 +168,7 @@ def run_probe(cfg: ProbeConfig, features_dir: str | Path, out_dir: str | Path,
     opt = build_optimizer(model, cfg, lr)
     gen = repro.torch_generator(cfg.seed)
     start = time.perf_counter()
-    with feats.atomic_dir(out_dir) as tmp:
+    with repro.atomic_dir(out_dir) as tmp:
         with Live(str(tmp), save_dvc_exp=False, dvcyaml=None) as live:
             for epoch in trange(cfg.epochs, desc="probe", unit="epoch", leave=False):
                 loss = train_one_epoch(model, opt, x, verb, noun, epoch, cfg, lr, gen)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -91,6 +92,36 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp folder beside ``out_dir``; swap it into place only if the block succeeds.
+
+    The old folder is renamed away before the new one is renamed in, so ``out_dir`` is at every moment either
+    the old whole folder, absent, or the new whole folder; a failed or killed run leaves only dot-named
+    temp folders, never a partial ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    except OSError as e:
+        raise HandEyeError(f"cannot create output folder {out_dir}: {e.strerror}") from None
+    try:
+        yield tmp
+        for p in tmp.rglob("*"):  # mkstemp's 0600 would make outputs private to their writer
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        tmp.chmod(0o755)
+        old = None
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+            os.replace(out_dir, old / out_dir.name)
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -186,8 +217,8 @@ def write_manifest(out_dir: str | os.PathLike, stage: str, config: Any, seed: in
                    name: str = "run_manifest.json") -> Path:
     """Write ``run_manifest.json`` into ``out_dir`` atomically and return its path.
 
-    Declare it as a DVC output with ``cache: false``: it holds the commit, which changes on every commit
-    and must not invalidate bit-for-bit checks of the real outputs.
+    Declare it as a DVC output of its own (cached, so that `dvc pull` brings the provenance too); it holds
+    the commit, so `handeye verify` exempts it from the bit-for-bit check of the real outputs.
     """
     path = Path(out_dir) / name
     atomic_write_json(path, run_manifest(stage, config, seed))
