@@ -302,9 +302,11 @@ def export_encoder(model: MaskedAutoencoder, cfg: PretrainConfig, out_dir: Path,
     arch = model.arch
     pre = vit.Preprocess(arch.img_size, patch_size=arch.patch_size, license=cfg.license)
     history = ckpt["history"]
+    # No git commit here: it lives in run_manifest.json beside the export. In the export it would make every
+    # downstream file (features, probes) differ between commits and between a checkout and a container.
     provenance = {"strategy": out_dir.name, "init": ckpt["init"], "data": ckpt["config"]["data_dir"],
                   "epochs": ckpt["epoch"], "final_loss": history[-1]["loss"] if history else None,
-                  "arch_name": cfg.arch, "commit": repro.git_state()["commit"], "config": ckpt["config"]}
+                  "arch_name": cfg.arch, "config": ckpt["config"]}
     vit.save_export(out_dir / "encoder.pt", arch, model.encoder.state_dict(), pre, provenance)
 
 
