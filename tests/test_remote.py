@@ -85,9 +85,8 @@ def webdav(tmp_path):
         server.wait(timeout=10)
 
 
-def test_push_clone_pull_is_clean_and_reproduces_nothing(webdav, tmp_path):
-    remote_url, store = webdav
-    log = tmp_path / "executions.log"
+def make_project(tmp_path: Path, remote_url: str, log: Path) -> Path:
+    """A git + DVC project with one stage (it appends to ``log`` each time it runs), reproduced once."""
     project = tmp_path / "project"
     project.mkdir()
     git(project, "init", "-q")
@@ -102,6 +101,13 @@ def test_push_clone_pull_is_clean_and_reproduces_nothing(webdav, tmp_path):
         """))
     dvc(project, "remote", "add", "-d", "storage", remote_url)
     dvc(project, "repro", "-q")
+    return project
+
+
+def test_push_clone_pull_is_clean_and_reproduces_nothing(webdav, tmp_path):
+    remote_url, store = webdav
+    log = tmp_path / "executions.log"
+    project = make_project(tmp_path, remote_url, log)
     git(project, "add", "-A")
     git(project, "commit", "-q", "-m", "pipeline")
     dvc(project, "push", "--run-cache")
@@ -124,21 +130,8 @@ def test_run_cache_restores_outputs_without_executing(webdav, tmp_path):
     """Without a committed dvc.lock, `dvc repro --pull` restores the outputs from the remote run-cache."""
     remote_url, _ = webdav
     log = tmp_path / "executions.log"
-    project = tmp_path / "project"
-    project.mkdir()
-    git(project, "init", "-q")
-    dvc(project, "init", "-q")
-    (project / "gen.py").write_text(GEN)
-    # No dvc.lock is committed, so only the run-cache can tell the clone what the stage produces.
-    (project / "dvc.yaml").write_text(textwrap.dedent(f"""\
-        stages:
-          gen:
-            cmd: {sys.executable} gen.py {log}
-            deps: [gen.py]
-            outs: [out/result, paper_figs/figure.svg]
-        """))
-    dvc(project, "remote", "add", "-d", "storage", remote_url)
-    dvc(project, "repro", "-q")
+    project = make_project(tmp_path, remote_url, log)
+    # No dvc.lock is committed below, so only the run-cache can tell the clone what the stage produces.
     dvc(project, "push", "--run-cache")
     os.remove(project / "dvc.lock")
     git(project, "add", "-A")
