@@ -72,6 +72,8 @@ def main() -> None:
     p.add_argument("--encoder", default="random:vit_demo_patch8_64", help="encoder spec (load_encoder)")
     p.add_argument("--threads", type=int, default=1, help="torch threads in the main process")
     p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--encoder-bf16", action=argparse.BooleanOptionalAction, default=EnvConfig.encoder_bf16,
+                   help="embed under bf16 autocast (slow on CPUs without native bf16 math)")
     args = p.parse_args()
     repro.seed_everything(0, threads=args.threads)
     from handeye.encoders import load_encoder
@@ -89,7 +91,8 @@ def main() -> None:
         keep("physics only (1 process)", sim_rate(args.envs, args.steps * 4, args.image_size, 0, False))
         keep("physics + rendering, 1 worker", sim_rate(args.envs, args.steps, args.image_size, 1, True))
         keep("physics + rendering, 2 workers", sim_rate(args.envs, args.steps, args.image_size, 2, True))
-        env = MujocoCubeEnv(EnvConfig(num_envs=args.envs, workers=2, image_size=args.image_size), encoder)
+        env = MujocoCubeEnv(EnvConfig(num_envs=args.envs, workers=2, image_size=args.image_size,
+                                         encoder_bf16=args.encoder_bf16), encoder)
         try:
             keep("+ encoder (full env step), 2 workers", env_rate(env, args.steps))
             with tempfile.TemporaryDirectory() as tmp:
