@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import multiprocessing as mp
 import os
@@ -29,7 +28,7 @@ import numpy as np
 
 from handeye.config import PARAMS_FILE, load_config
 from handeye.errors import HandEyeError
-from handeye.repro import atomic_dir, write_manifest
+from handeye.repro import atomic_dir, atomic_write_json, write_manifest
 
 EPIC_COLUMNS = (
     "narration_id", "participant_id", "video_id", "narration_timestamp", "start_timestamp", "stop_timestamp",
@@ -290,7 +289,7 @@ def write_ego_metadata(cfg: DemoDataConfig, jobs: list[VideoJob], frames: dict[s
         n = frames[job.path]
         meta = {"codec": "hevc", "fps": cfg.ego_fps, "width": cfg.size, "height": cfg.size, "num_frames": n,
                 "duration": round(n / cfg.ego_fps, 6), "factory_id": factory, "worker_id": worker}
-        (root / job.path).with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        atomic_write_json((root / job.path).with_suffix(".json"), meta)
 
 
 def photo_dir() -> Path:

@@ -26,7 +26,6 @@ import csv
 import dataclasses
 import hashlib
 import io
-import json
 import math
 import sys
 import tarfile
@@ -463,10 +462,9 @@ def run_frames(cfg: FramesConfig, input_dir: str | Path, out_dir: str | Path, en
         summary = {"videos_ok": ok, "videos_failed": result.videos_failed, "frames_kept": kept_total,
                    "frames_dropped": dropped_total, "shards": writer.num_shards, "per_video": per_video,
                    "warnings": warn.lines}
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        (tmp / "timings.json").write_text(json.dumps(
-            {"seconds": round(seconds, 3), "frames_per_s": round((kept_total + dropped_total) / seconds, 2)},
-            indent=2, sort_keys=True) + "\n")
+        repro.atomic_write_json(tmp / "summary.json", summary)
+        repro.atomic_write_json(tmp / "timings.json", {
+            "seconds": round(seconds, 3), "frames_per_s": round((kept_total + dropped_total) / seconds, 2)})
         manifest_cfg = {**dataclasses.asdict(cfg), "input": str(root)}
         repro.write_manifest(tmp, "extract_frames", manifest_cfg, cfg.seed)
     return result
