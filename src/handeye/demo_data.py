@@ -9,7 +9,8 @@ Writes into ``--out`` (built in a temp folder beside it and renamed into place w
   run_manifest.json
 
 Every video is a pure function of (seed, its index): workers render in any order and the bytes match.
-Encoders run single-threaded, since x264/x265 output depends on their thread count.
+Encoders run single-threaded, since x264/x265 output depends on their thread count; x265 also needs the
+settings of `x265_params` to give the same bytes every time.
 """
 
 from __future__ import annotations
@@ -192,12 +193,26 @@ def encode_video(frames: np.ndarray, fps: int, codec: str, crf: int) -> bytes:
         stream.pix_fmt = "yuv420p"
         opts = {"crf": str(crf), "preset": "medium", "threads": "1"}
         if codec == "libx265":
-            opts["x265-params"] = "log-level=error:pools=none:frame-threads=1"
+            opts["x265-params"] = x265_params(*frames.shape[1:3])
         stream.options = opts
         for f in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
         container.mux(stream.encode())
     return buf.getvalue()
+
+
+def x265_params(height: int, width: int) -> str:
+    """x265 settings under which its output is a pure function of the frames (x265 4.2 in PyAV's wheel; each
+    point was seen under valgrind and in repeated encodes of the same frames in one process):
+    - ctu: when the picture is a single CTU across, motion search reads reconstructed pixels that x265 never
+      wrote, so the bytes followed the heap's leftovers (the flaky ego clip at 32 px with the default 64 px
+      CTU). At least two CTUs across make the C code clean under valgrind.
+    - asm=0: its SIMD kernels overrun heap buffers on small frames (cuTree's propagate-cost kernel corrupted
+      the heap at 40-48 px) and each SIMD level (sse2, sse4.2, avx, avx2) gives other bytes. Plain C took the
+      same CPU time here (~0.2 s for a 160-frame 96 px clip).
+    - pools=none, frame-threads=1: one thread, since output depends on the thread count."""
+    ctu = next(c for c in (64, 32, 16) if c < min(height, width))
+    return f"log-level=error:pools=none:frame-threads=1:asm=0:ctu={ctu}"
 
 
 def render_all(cfg: DemoDataConfig, jobs: list[VideoJob], root: Path) -> dict[str, int]:
@@ -361,6 +376,9 @@ def check(cfg: DemoDataConfig) -> None:
                            "boundaries fall on EPIC's 2-decimal timestamps")
     if not 0 <= cfg.nuisance <= 1:
         raise HandEyeError(f"demo_data.nuisance={cfg.nuisance} must lie in [0, 1]")
+    if cfg.size < 32 or cfg.size % 16:
+        raise HandEyeError(f"demo_data.size={cfg.size} must be a multiple of 16 and at least 32 (the sizes at "
+                           "which the H.265 encoder was checked to give the same bytes every run)")
     if not 0 < cfg.epic_val_participants < cfg.epic_participants:
         raise HandEyeError("demo_data.epic_val_participants must leave at least one participant on each side")
     from handeye.sim.demo_shots import MAX_DISTRACTORS
