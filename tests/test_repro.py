@@ -96,6 +96,19 @@ def test_atomic_torch_save_bytes_do_not_depend_on_temp_name(tmp_path):
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["m.pt"]
 
 
+def test_atomic_torch_save_bytes_do_not_depend_on_object_identity(tmp_path):
+    """A resumed run reads its strings back from a checkpoint; an uninterrupted one shares them. Pickle writes
+    a shared object as a back-reference, so without canonicalising the two would differ in bytes."""
+    name = "".join(["vit", "_demo"])  # built at run time: not the interned literal
+    shared = {"arch": name, "config": {"arch": name}, "dims": (1, 2)}
+    separate = {"arch": "".join(["vit_", "demo"]), "config": {"arch": "vit_demo"}, "dims": (1, 2)}
+    assert shared["arch"] is shared["config"]["arch"] and separate["arch"] is not separate["config"]["arch"]
+    repro.atomic_torch_save(shared, tmp_path / "a" / "m.pt")
+    repro.atomic_torch_save(separate, tmp_path / "b" / "m.pt")
+    assert (tmp_path / "a" / "m.pt").read_bytes() == (tmp_path / "b" / "m.pt").read_bytes()
+    assert torch.load(tmp_path / "b" / "m.pt", weights_only=True) == shared
+
+
 def test_unwritable_output_folder_is_one_line_error(tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()

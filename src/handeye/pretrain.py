@@ -16,8 +16,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-import sys
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -215,24 +213,13 @@ def resolved_config(cfg: PretrainConfig, data_dir: Path) -> dict[str, Any]:
 
 
 def checkpoint_state(model, optimizer, scheduler, epoch: int, history: list, config: dict, init: dict) -> dict:
-    return canonical({
+    return {
         "format": vit.CHECKPOINT_FORMAT, "epoch": epoch, "config": config, "init": init, "history": history,
         "arch": dataclasses.asdict(model.arch), "decoder_arch": dataclasses.asdict(model.decoder_arch),
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "rng": {"torch": torch.get_rng_state(),
                 **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
-    })
-
-
-def canonical(obj: Any) -> Any:
-    """Rebuild containers and intern strings. Pickle writes a repeated *object* as a back-reference, so equal
-    content whose strings were built differently (read from a checkpoint on resume, or written as literals in
-    an uninterrupted run) would give different bytes; after this, the bytes depend on the content only."""
-    if isinstance(obj, dict):
-        return {canonical(k): canonical(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(canonical(v) for v in obj)
-    return sys.intern(obj) if isinstance(obj, str) else obj
+    }
 
 
 def load_checkpoint(path: Path, config: dict) -> dict:

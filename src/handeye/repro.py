@@ -139,18 +139,30 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save through a temp file. The zip's top folder is named after the file written (FIELD_NOTES),
-    so we save under the final name inside a private temp folder to keep bytes independent of the temp name."""
+    """torch.save of ``canonical(obj)`` through a temp file. The zip's top folder is named after the file
+    written (FIELD_NOTES), so we save under the final name inside a private temp folder to keep bytes
+    independent of the temp name."""
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as d:
         staged = Path(d) / path.name
-        torch.save(obj, staged)
+        torch.save(canonical(obj), staged)
         with open(staged, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(staged, path)
+
+
+def canonical(obj: Any) -> Any:
+    """Rebuild containers and intern strings. Pickle writes a repeated *object* as a back-reference, so equal
+    content whose strings were built differently (read from a checkpoint on resume, parsed from params.yaml,
+    or written as literals) would give different bytes; after this, the bytes depend on the content only."""
+    if isinstance(obj, dict):
+        return {canonical(k): canonical(v) for k, v in obj.items()}
+    if type(obj) in (list, tuple):  # not subclasses such as torch.Size or named tuples
+        return type(obj)(canonical(v) for v in obj)
+    return sys.intern(obj) if isinstance(obj, str) else obj
 
 
 def _json_default(o: Any) -> Any:
