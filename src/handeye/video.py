@@ -29,6 +29,10 @@ _INTERPOLATION = "AREA"
 # frame in this many.
 SPARSE_GAP = 10
 _DECORD_BATCH = 32  # frames per decord get_batch call: bounds memory on long videos
+# swscale threads per conversion. Its default (0: one per core) builds a thread pool in every fresh context,
+# i.e. for every frame, which costs more than scaling a small output (several ms a frame on busy cores).
+# One thread is also the same bytes on any core count.
+_SWS_THREADS = 1
 
 
 class VideoError(HandEyeError):
@@ -121,10 +125,13 @@ def _read_pyav(path: Path, wanted: list[int], size: tuple[int, int] | None,
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
+            # frame threads as well as slice threads: x264's single-slice H.264 otherwise decodes on one
+            # core. FFmpeg's threaded decoding is bit-exact and keeps the output order.
+            stream.thread_type = "AUTO"
             for frame in container.decode(stream):
                 if decoded == wanted[pos]:
                     rgb = frame.reformat(width=width, height=height, format="rgb24",
-                                         interpolation=_INTERPOLATION)
+                                         interpolation=_INTERPOLATION, threads=_SWS_THREADS)
                     yield decoded, rgb.to_ndarray()
                     pos += 1
                     if pos == len(wanted):
@@ -164,7 +171,8 @@ def scale(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if rgb.shape[1::-1] == tuple(size):
         return rgb
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-    return frame.reformat(width=size[0], height=size[1], interpolation=_INTERPOLATION).to_ndarray()
+    return frame.reformat(width=size[0], height=size[1], interpolation=_INTERPOLATION,
+                          threads=_SWS_THREADS).to_ndarray()
 
 
 def _reason(e: Exception) -> str:
