@@ -1,13 +1,17 @@
 """MAE training throughput: HandEye's MAE against transformers' ViTMAEForPreTraining, same run, same config.
 
-    python benchmarks/bench_pretrain.py [--models tiny base] [--steps 3] [--threads N]
+    python benchmarks/bench_pretrain.py [--models tiny base] [--steps 3] [--threads N] [--compile]
 
 Both models get the same weights (transformers' init copied into HandEye's layout, position embeddings
 re-initialised to sin-cos first since transformers 5.23 leaves them zero, FIELD_NOTES), the same batch of
-32 images and the same masking noise, so their first-step losses must agree. Prints training images/s,
-achieved GFLOP/s (FLOPs of one step counted by torch's FlopCounterMode) against a measured matmul peak, and
-the ratio to the reference. The reference runs fp32 with transformers' defaults (SDPA attention); HandEye
-runs fp32 and, where the hardware has bf16 math (precision=auto), bf16 autocast.
+32 images and the same masking noise, so their first-step losses must agree. A timed step is the whole
+training step: forward, loss, backward and the same AdamW step for every implementation. Prints training
+images/s, achieved GFLOP/s (FLOPs of one step counted by torch's FlopCounterMode, attention included)
+against a measured matmul peak, and the ratio to the reference, both in wall time and in process CPU time:
+CPU time barely moves when other processes share the cores, wall time does. The reference runs fp32 with
+transformers' defaults (SDPA attention); HandEye runs fp32 and, where the hardware has bf16 math
+(precision=auto), bf16 autocast. ``--compile`` adds HandEye with its transformer blocks compiled by
+torch.compile (inductor) and prints the compile time (its first step).
 """
 
 from __future__ import annotations
@@ -72,9 +76,16 @@ def step_fn(model, is_ref: bool, amp: torch.dtype | None):
 
 
 def count_flops(step, imgs, noise) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils import flop_counter as fc
 
-    with FlopCounterMode(display=False) as counter:
+    aten = torch.ops.aten
+    cpu_attention = {  # torch's FLOP table covers the GPU attention kernels only
+        aten._scaled_dot_product_flash_attention_for_cpu:
+            lambda q, k, v, *_, **__: fc.sdpa_flop_count(q, k, v),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            lambda g, q, k, v, *_, **__: fc.sdpa_backward_flop_count(g, q, k, v),
+    }
+    with fc.FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
         step(imgs, noise)
     return counter.get_total_flops()
 
@@ -90,17 +101,23 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 8) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def measure(steps: dict, imgs, noises) -> dict[str, tuple[float, float]]:
+def measure(steps: dict, imgs, noises) -> dict[str, tuple[float, float, float, float]]:
     """Steps of all implementations interleaved (a warmup step each first), so that load from other
-    processes hits them alike. Returns {label: (median seconds per step, first-step loss)}."""
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    first = {k: step(imgs, noises[0]) for k, step in steps.items()}
+    processes hits them alike. Returns {label: (median wall s/step, median CPU s/step, first-step loss,
+    first-step wall seconds)}."""
+    wall: dict[str, list[float]] = {k: [] for k in steps}
+    cpu: dict[str, list[float]] = {k: [] for k in steps}
+    first = {}
+    for label, step in steps.items():
+        t = time.perf_counter()
+        first[label] = (step(imgs, noises[0]), time.perf_counter() - t)
     for noise in noises[1:]:
         for label, step in steps.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             step(imgs, noise)
-            times[label].append(time.perf_counter() - t)
-    return {k: (statistics.median(v), first[k]) for k, v in times.items()}
+            wall[label].append(time.perf_counter() - t)
+            cpu[label].append(time.process_time() - c)
+    return {k: (statistics.median(wall[k]), statistics.median(cpu[k]), *first[k]) for k in steps}
 
 
 def main() -> None:
@@ -108,6 +125,7 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--steps", type=int, default=3, help="timed steps per implementation (after one warmup)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--compile", action="store_true", help="add HandEye with compiled blocks")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     bf16 = autocast_dtype("auto", torch.device("cpu"))
@@ -126,18 +144,25 @@ def main() -> None:
         runs = [("transformers ViTMAE fp32", ref, True, None), ("HandEye MAE fp32", ours, False, None)]
         if bf16 is not None:
             runs.append(("HandEye MAE bf16 autocast", handeye_twin(ref, arch, dec), False, bf16))
+        if args.compile:
+            compiled = handeye_twin(ref, arch, dec)
+            for block in (*compiled.encoder.blocks, *compiled.decoder.decoder_blocks):
+                block.compile()  # regional: blocks of one shape share a graph, so it compiles in ~1 min, not 4
+            runs.append(("HandEye MAE fp32 compiled", compiled, False, None))
         flops = count_flops(step_fn(handeye_twin(ref, arch, dec), False, None), imgs, noises[0])
         print(f"\n{name}: ViT {arch.embed_dim}-d x{arch.depth} @ {arch.img_size}px/{arch.patch_size}, decoder "
               f"{dec.embed_dim}-d x{dec.depth}; {flops / BATCH / 1e9:.1f} GFLOP per image per training step")
         steps = {label: step_fn(model, is_ref, amp) for label, model, is_ref, amp in runs}
         results = measure(steps, imgs, noises)
-        base = BATCH / results[runs[0][0]][0]
+        ref_wall, ref_cpu, ref_loss, _ = results[runs[0][0]]
         for label, _, _, amp in runs:
-            sec, loss = results[label]
+            sec, cpu, loss, first_sec = results[label]
             gflops = flops / sec / 1e9
+            note = f"  (first step incl. compile {first_sec:.0f} s)" if "compiled" in label else ""
             print(f"  {label:27s} {BATCH / sec:7.2f} img/s  {sec:6.2f} s/step  {gflops:6.1f} GFLOP/s "
-                  f"({gflops / (peak16 if amp else peak32):4.0%} of matmul peak)  first loss {loss:.6f}  "
-                  f"x{BATCH / sec / base:.2f}")
+                  f"({gflops / (peak16 if amp else peak32):4.0%} of matmul peak)  x{ref_wall / sec:.2f} wall; "
+                  f"{cpu:6.2f} CPU s/step  x{ref_cpu / cpu:.2f} CPU;  first loss {loss:.6f} "
+                  f"(|diff| to reference {abs(loss - ref_loss):.1e}){note}")
 
 
 if __name__ == "__main__":
