@@ -1,17 +1,15 @@
-"""Remote storage round trip on a real WebDAV server (wsgidav) on 127.0.0.1: push with the run-cache, fresh
-clone, pull; the clone must be clean, reproduce nothing and hold identical files."""
+"""Remote storage round trip on a real WebDAV server on 127.0.0.1 (wsgidav, conftest's `webdav` fixture): push
+with the run-cache, fresh clone, pull; the clone must be clean, reproduce nothing and hold identical files.
+A toy project here; tests/test_dvc_pipeline.py does the same on the real pipeline."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -46,43 +44,6 @@ def dvc(cwd: Path, *args: str) -> str:
 
 def git(cwd: Path, *args: str) -> str:
     return run(cwd, "git", "-c", "user.name=test", "-c", "user.email=test@example.org", *args)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def webdav(tmp_path):
-    """A wsgidav server on 127.0.0.1 sharing a fresh folder read-write; yields (url, folder)."""
-    pytest.importorskip("wsgidav", reason="the WebDAV test server: pip install wsgidav cheroot")
-    pytest.importorskip("dvc_webdav", reason="DVC's WebDAV remote: pip install dvc-webdav")
-    store = tmp_path / "dav"
-    # The remote's folder exists on the server, as on a real share: webdav4's makedirs gets 409 from wsgidav
-    # when it tries to create a folder directly under the share root.
-    (store / "store").mkdir(parents=True)
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "wsgidav.server.server_cli", "--host", "127.0.0.1", "--port", str(port),
-         "--root", str(store), "--auth", "anonymous", "--no-config", "-q"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(url, timeout=1)
-                break
-            except OSError:
-                assert server.poll() is None, f"wsgidav exited: {server.stderr.read().decode()}"
-                time.sleep(0.1)
-        else:
-            pytest.fail("wsgidav did not answer within 10 s")
-        yield f"webdav://127.0.0.1:{port}/store", store
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def make_project(tmp_path: Path, remote_url: str, log: Path) -> Path:
