@@ -1,11 +1,13 @@
 """RL pipeline throughput, all in one run: env steps/s for physics only, physics + rendering (1 and 2 worker
-processes), + the frozen encoder (the full env step), and a full PPO iteration (rollout + update).
+processes), + the frozen encoder (the full env step: the workers embed their own renders), and a full PPO
+iteration (rollout + update).
 
-    MUJOCO_GL=egl .venv/bin/python benchmarks/bench_rl.py [--envs 8] [--steps 24] [--encoder random:vit_demo_patch8_64]
+    MUJOCO_GL=egl .venv/bin/python benchmarks/bench_rl.py [--steps 24] [--encoder random:vit_demo_patch8_64]
 
-Targets: the full env step >= 0.6x the render-only rate (2 workers); rendering over 2 worker processes
->= 1.5x one process. Every rate is the best of --repeat interleaved runs; the machine's load average is
-printed beside them because other processes on the same cores change every figure.
+Envs, image size, torch threads and bf16 default to the demo's params.yaml `rl` section. Targets: the full env
+step >= 0.6x the render-only rate (2 workers); rendering over 2 worker processes >= 1.5x one process. Every
+rate is the best of --repeat interleaved runs; the machine's load average is printed beside them because
+other processes on the same cores change every figure.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from handeye import repro  # noqa: E402
-from handeye.envs.base import EnvConfig  # noqa: E402
-from handeye.envs.mujoco_scene import SimPool, scene_info  # noqa: E402
+from handeye import repro
+from handeye.config import PARAMS_FILE, load_config
+from handeye.envs.mujoco_scene import SimPool, scene_info
+from handeye.rl import RLConfig
 
 
 def sim_rate(envs: int, steps: int, image_size: int, workers: int, render: bool) -> float:
@@ -54,7 +57,7 @@ def env_rate(env, steps: int) -> float:
 
 def ppo_rate(env, steps: int, tmp: Path) -> float:
     """Env steps/s of whole PPO iterations (rsl-rl rollout + update, logging off)."""
-    from handeye.rl import RLConfig, Runner, train_cfg
+    from handeye.rl import Runner, train_cfg
 
     cfg = RLConfig(num_steps_per_env=steps, actor_hidden_dims=[64, 64], critic_hidden_dims=[64, 64])
     with contextlib.redirect_stdout(io.StringIO()):  # rsl-rl prints its models
@@ -65,18 +68,20 @@ def ppo_rate(env, steps: int, tmp: Path) -> float:
 
 
 def main() -> None:
+    demo = load_config(RLConfig, "rl", PARAMS_FILE)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--envs", type=int, default=8)
+    p.add_argument("--envs", type=int, default=demo.env.num_envs)
     p.add_argument("--steps", type=int, default=24)
-    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=demo.env.image_size)
     p.add_argument("--encoder", default="random:vit_demo_patch8_64", help="encoder spec (load_encoder)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads in the main process")
+    p.add_argument("--threads", type=int, default=demo.threads, help="torch threads in the main process")
     p.add_argument("--repeat", type=int, default=2)
-    p.add_argument("--encoder-bf16", action=argparse.BooleanOptionalAction, default=EnvConfig.encoder_bf16,
+    p.add_argument("--encoder-bf16", action=argparse.BooleanOptionalAction, default=demo.env.encoder_bf16,
                    help="embed under bf16 autocast (slow on CPUs without native bf16 math)")
     args = p.parse_args()
     repro.seed_everything(0, threads=args.threads)
     from handeye.encoders import load_encoder
+    from handeye.envs.base import EnvConfig
     from handeye.envs.mujoco_env import MujocoCubeEnv
 
     encoder = load_encoder(args.encoder)
@@ -87,12 +92,15 @@ def main() -> None:
 
     import tempfile
 
+    start_s = float("inf")  # env construction: the workers load torch and the encoder before they render
     for _ in range(args.repeat):
         keep("physics only (1 process)", sim_rate(args.envs, args.steps * 4, args.image_size, 0, False))
         keep("physics + rendering, 1 worker", sim_rate(args.envs, args.steps, args.image_size, 1, True))
         keep("physics + rendering, 2 workers", sim_rate(args.envs, args.steps, args.image_size, 2, True))
+        start = time.perf_counter()
         env = MujocoCubeEnv(EnvConfig(num_envs=args.envs, workers=2, image_size=args.image_size,
-                                         encoder_bf16=args.encoder_bf16), encoder)
+                                      encoder_bf16=args.encoder_bf16), encoder)
+        start_s = min(start_s, time.perf_counter() - start)
         try:
             keep("+ encoder (full env step), 2 workers", env_rate(env, args.steps))
             with tempfile.TemporaryDirectory() as tmp:
@@ -101,10 +109,11 @@ def main() -> None:
             env.close()
 
     print(f"{args.envs} envs, 2 cameras {args.image_size}x{args.image_size}, encoder {encoder.name} "
-          f"(dim {encoder.embed_dim}), torch threads {args.threads}, load average {os.getloadavg()[0]:.1f} "
-          f"on {os.cpu_count()} cores")
+          f"(dim {encoder.embed_dim}{', bf16' if args.encoder_bf16 else ''}), torch threads {args.threads}, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     for name, rate in best.items():
         print(f"  {name:40s} {rate:8.1f} env steps/s")
+    print(f"  {'env start, 2 workers':40s} {start_s:8.1f} s")
     render2 = best["physics + rendering, 2 workers"]
     print(f"  2 workers / 1 worker rendering:          {render2 / best['physics + rendering, 1 worker']:.2f}x "
           f"(target >= 1.5x)")

@@ -1,14 +1,15 @@
 """CPU backend: N Shadow hands in MuJoCo, two cameras each, observed through a frozen encoder.
 
-Physics and rendering run in ``mujoco_scene`` worker processes; this side draws every random number (one
-seeded generator, so results do not depend on the worker split), computes rewards with the shared
-``rewards.compute_reward``, resets envs and embeds both views in one batched encoder call per step.
+Physics, rendering and embedding run in ``mujoco_scene`` worker processes (each embeds both views of its envs
+in one batched encoder call per step); this side draws every random number (one seeded generator, so results
+do not depend on the worker split), computes rewards with the shared ``rewards.compute_reward`` and resets envs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -47,9 +48,10 @@ class MujocoCubeEnv(CubeReorientEnv):
         self.episode_sums = {name: torch.zeros(n) for name in rewards.TERMS}
         self.episode_successes = torch.zeros(n)
 
-        self.sim = SimPool(n, cfg.image_size, info.substeps, workers=cfg.workers)
-        images, state = self._reset(torch.arange(n))
-        self.obs = self._observe(images, state)
+        self.sim = SimPool(n, cfg.image_size, info.substeps, workers=cfg.workers,
+                           embed=ViewEmbedder(encoder, cfg.encoder_bf16, cfg.embed_batch))
+        embeddings, state = self._reset(torch.arange(n))
+        self.obs = self._observe(embeddings, state)
 
     # --- VecEnv -------------------------------------------------------------------------------------------
     def get_observations(self) -> TensorDict:
@@ -68,8 +70,8 @@ class MujocoCubeEnv(CubeReorientEnv):
         self.goal_quat[success_ids] = rewards.random_quat(len(success_ids), self.generator)
 
         log = self._log(r, dones)
-        images, state = self._reset(dones.nonzero().squeeze(-1))
-        self.obs = self._observe(images, state)
+        embeddings, state = self._reset(dones.nonzero().squeeze(-1))
+        self.obs = self._observe(embeddings, state)
         extras = {"time_outs": time_outs, "log": log}
         return self.obs, r.total.float(), dones.long(), extras
 
@@ -93,7 +95,8 @@ class MujocoCubeEnv(CubeReorientEnv):
         return log
 
     def _reset(self, ids: torch.Tensor):
-        """Draw start poses and goals for envs ``ids`` (Isaac Lab's randomisation), reset them, render all."""
+        """Draw start poses and goals for envs ``ids`` (Isaac Lab's randomisation), reset them, render and embed
+        all -> (embeddings (N, 2, D), state)."""
         m, g, cfg = len(ids), self.generator, self.cfg
         pos = self.spawn_pos + cfg.reset_position_noise * (torch.rand(m, 3, generator=g) * 2 - 1)
         quat = rewards.random_quat(m, g)
@@ -109,28 +112,45 @@ class MujocoCubeEnv(CubeReorientEnv):
         for v in self.episode_sums.values():
             v[ids] = 0.0
         self.episode_successes[ids] = 0.0
-        images, state = self.sim.reset_render(ids.numpy(), joints.double().numpy(), pos.double().numpy(),
-                                              quat.double().numpy())
-        return images, _to_torch(state)
+        embeddings, state = self.sim.reset_render(ids.numpy(), joints.double().numpy(), pos.double().numpy(),
+                                                  quat.double().numpy())
+        return torch.from_numpy(embeddings), _to_torch(state)
 
-    def _observe(self, images: np.ndarray, state: dict[str, torch.Tensor]) -> TensorDict:
-        # images: (N, 2, H, W, 3) -> one encoder batch (2N, 3, H, W), env-major: env0 cam0, env0 cam1, ...
-        flat = torch.from_numpy(images).flatten(0, 1).permute(0, 3, 1, 2)
+    def _observe(self, embeddings: torch.Tensor, state: dict[str, torch.Tensor]) -> TensorDict:
         s, scale = state, self.cfg.vel_obs_scale
-        policy = policy_obs(self.embed(flat), s["hand_qpos"], self.joint_lower, self.joint_upper, s["hand_qvel"],
-                            self.goal_quat, s["fingertip_pos"].view(self.num_envs, -1, 3), self.in_hand_pos,
-                            self.actions, scale)
+        policy = policy_obs(embeddings.flatten(0, 1), s["hand_qpos"], self.joint_lower, self.joint_upper,
+                            s["hand_qvel"], self.goal_quat, s["fingertip_pos"].view(self.num_envs, -1, 3),
+                            self.in_hand_pos, self.actions, scale)
         privileged = privileged_obs(s["object_pos"], s["object_quat"], s["object_linvel"], s["object_angvel"],
                                     self.goal_quat, self.in_hand_pos, scale)
         return TensorDict({"policy": policy, "privileged": privileged}, batch_size=[self.num_envs])
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (M, 3, H, W) -> float32 (M, D), in chunks of ``embed_batch``, bf16 autocast if configured."""
-        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if self.cfg.encoder_bf16
-                    else contextlib.nullcontext())
-        with torch.inference_mode(), autocast:
-            out = torch.cat([self.encoder.embed(chunk) for chunk in images.split(self.cfg.embed_batch)])
-        return out.float().clone()  # a normal tensor, usable outside inference mode
+        """uint8 (M, 3, H, W) -> float32 (M, D), as the env embeds its views."""
+        return embed_images(self.encoder, images, self.cfg.encoder_bf16, self.cfg.embed_batch)
+
+
+def embed_images(encoder: Encoder, images: torch.Tensor, bf16: bool, batch: int) -> torch.Tensor:
+    """uint8 (M, 3, H, W) -> float32 (M, D), in chunks of ``batch``, under bf16 autocast if ``bf16``."""
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
+        out = torch.cat([encoder.embed(chunk) for chunk in images.split(batch)])
+    return out.float().clone()  # a normal tensor, usable outside inference mode
+
+
+@dataclass(frozen=True)
+class ViewEmbedder:
+    """``SimPool``'s ``embed``, pickled with the encoder into each render worker. One batch per worker instead
+    of one for all envs: the encoder must give each image the same bits in any batch (the demo ViTs do)."""
+
+    encoder: Encoder
+    bf16: bool
+    batch: int
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (k, 2, H, W, 3) -> float32 (k, 2, D); one encoder batch, env-major (env0 cam0, env0 cam1, ...)."""
+        flat = torch.from_numpy(images).flatten(0, 1).permute(0, 3, 1, 2)
+        return embed_images(self.encoder, flat, self.bf16, self.batch).unflatten(0, images.shape[:2]).numpy()
 
 
 def _to_torch(state: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

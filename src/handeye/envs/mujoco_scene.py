@@ -4,8 +4,10 @@ The scene is gymnasium-robotics's Shadow hand + block (``manipulate_block.xml``)
 (the goal is an observation, never drawn), the floor made visual-only (Isaac Lab's hand hangs far above its
 ground, so a dropped cube keeps falling until it is FALL_DIST away) and two fixed cameras aimed at the cube.
 ``HandBatch`` steps and renders k environments; ``SimPool`` spreads ``num_envs`` over worker processes, each
-with its own EGL context, so rendering uses every core. All randomness is drawn by the caller, so results do
-not depend on how envs are split over workers.
+with its own EGL context, so rendering uses every core. Given an ``embed`` function, each worker also embeds
+its own renders: rendering and embedding then keep every core busy, where workers would otherwise idle while
+one process embeds all views. All randomness is drawn by the caller, so results do not depend on how envs are
+split over workers.
 """
 
 from __future__ import annotations
@@ -37,8 +39,6 @@ def lookat_xyaxes(pos, target, up=(0.0, 0.0, 1.0)) -> list[float]:
 
 def build_model(frame_skip_dt: float | None = None):
     """The compiled ``mujoco.MjModel`` of the scene, with cheap visuals (FIELD_NOTES: ~4x faster on llvmpipe)."""
-    import mujoco
-
     from handeye.sim.assets import load_hand_spec
 
     spec = load_hand_spec("manipulate_block.xml")
@@ -163,11 +163,25 @@ class HandBatch:
             self.renderer = None
 
 
-def _worker(conn, n: int, image_size: int, substeps: int, render: bool) -> None:
+def _views(batch: HandBatch, render: bool, embed) -> np.ndarray | None:
+    """A batch's views for ``reset_render``: nothing, the images, or their embeddings."""
+    if not render:
+        return None
+    images = batch.render()
+    return images if embed is None else embed(images)
+
+
+def _worker(conn, n: int, image_size: int, substeps: int, render: bool, embed) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
     # llvmpipe rasterises with a thread per core by default; one thread per worker process keeps the
     # workers from competing for the same cores (set before Mesa loads).
     os.environ["LP_NUM_THREADS"] = "1"
+    if embed is not None:
+        # `embed` was unpickled before this function ran, so torch (and triton) loaded before Mesa's llvmpipe
+        # below: the reverse order segfaults. One torch thread per worker, as for llvmpipe above.
+        import torch
+
+        torch.set_num_threads(1)
     batch = HandBatch(n, image_size, substeps, render)
     conn.send("ready")
     while True:
@@ -177,7 +191,7 @@ def _worker(conn, n: int, image_size: int, substeps: int, render: bool) -> None:
         elif cmd == "reset_render":
             ids, *poses = payload
             batch.reset(ids, *poses)
-            conn.send((batch.render() if render else None, batch.state()))
+            conn.send((_views(batch, render, embed), batch.state()))
         elif cmd == "close":
             batch.close()
             conn.send("closed")
@@ -185,11 +199,18 @@ def _worker(conn, n: int, image_size: int, substeps: int, render: bool) -> None:
 
 
 class SimPool:
-    """``num_envs`` environments over ``workers`` processes (0: in this process), one API either way."""
+    """``num_envs`` environments over ``workers`` processes (0: in this process), one API either way.
 
-    def __init__(self, num_envs: int, image_size: int, substeps: int, workers: int = 2, render: bool = True):
+    embed: None, or a picklable function applied to the views where they are rendered (in each worker),
+    uint8 (k, 2, H, W, 3) -> (k, 2, ...) (for the env: their embeddings); each worker calls it on its own envs,
+    so it must treat each env alone for results not to depend on the number of workers.
+    """
+
+    def __init__(self, num_envs: int, image_size: int, substeps: int, workers: int = 2, render: bool = True,
+                 embed=None):
         self.num_envs = num_envs
         self.render_enabled = render
+        self.embed = embed
         self.chunks = [c for c in np.array_split(np.arange(num_envs), max(1, workers)) if len(c)]
         self.local = None
         self.conns, self.procs = [], []
@@ -200,7 +221,8 @@ class SimPool:
         ctx = mp.get_context("spawn")
         for chunk in self.chunks:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, len(chunk), image_size, substeps, render), daemon=True)
+            proc = ctx.Process(target=_worker, args=(child, len(chunk), image_size, substeps, render, embed),
+                               daemon=True)
             proc.start()
             self.conns.append(parent)
             self.procs.append(proc)
@@ -221,17 +243,18 @@ class SimPool:
     def reset_render(self, ids: np.ndarray, hand_qpos: np.ndarray, object_pos: np.ndarray,
                      object_quat: np.ndarray) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         """Reset envs ``ids`` (global indices) to the given poses, then render every env.
-        -> (uint8 (num_envs, 2, H, W, 3) or None without rendering, state of every env)."""
+        -> (views of every env: uint8 (num_envs, 2, H, W, 3), or ``embed`` of them, or None without rendering;
+        state of every env)."""
         if self.local is not None:
             self.local.reset(ids, hand_qpos, object_pos, object_quat)
-            return (self.local.render() if self.render_enabled else None), self.local.state()
+            return _views(self.local, self.render_enabled, self.embed), self.local.state()
         for conn, chunk in zip(self.conns, self.chunks):
             mine = np.isin(ids, chunk)
             conn.send(("reset_render", (ids[mine] - chunk[0], hand_qpos[mine], object_pos[mine],
                                         object_quat[mine])))
         replies = [conn.recv() for conn in self.conns]
-        images = np.concatenate([r[0] for r in replies]) if self.render_enabled else None
-        return images, _concat([r[1] for r in replies])
+        views = np.concatenate([r[0] for r in replies]) if self.render_enabled else None
+        return views, _concat([r[1] for r in replies])
 
     def close(self) -> None:
         if self.local is not None:
