@@ -1,7 +1,9 @@
 """The pretraining stage on tiny frame shards: init formats, freezing, exact resume, bad input."""
 
 import csv
+import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,7 +37,8 @@ def write_frames(root: Path, n: int = 24, size: int = 40, seed: int = 0) -> Path
         w = csv.writer(f)
         w.writerow(["shard", "offset", "video", "frame_index", "timestamp", "sha1"])
         for i in range(n):
-            w.writerow([f"{i // half:06d}", i % half, "clip.mp4", i, i / 2, "0" * 40])
+            sha1 = hashlib.sha1(imgs[i].tobytes()).hexdigest()
+            w.writerow([f"{i // half:06d}", i % half, "clip.mp4", i, i / 2, sha1])
     return root
 
 
@@ -86,6 +89,29 @@ def test_resume_refuses_a_checkpoint_with_other_settings(tmp_path, frames):
     run_pretrain(cfg(epochs=1), frames, tmp_path / "run")
     with pytest.raises(HandEyeError, match=r"other settings \(epochs: 1 -> 2\)"):
         run_pretrain(cfg(epochs=2), frames, tmp_path / "run")
+
+
+def test_resume_refuses_a_checkpoint_of_other_frames_unless_told_to_restart(tmp_path):
+    first, second = write_frames(tmp_path / "a", seed=0), write_frames(tmp_path / "b", seed=1)
+    run_pretrain(cfg(epochs=1), first, tmp_path / "run")
+    shutil.rmtree(first)
+    second.rename(first)  # same folder name, other frames: what a re-extraction does under `dvc repro`
+    with pytest.raises(HandEyeError, match=r"other settings \(frames_md5: "):
+        run_pretrain(cfg(epochs=1), first, tmp_path / "run")
+    restarted = run_pretrain(cfg(epochs=1), first, tmp_path / "run", restart_if_changed=True)
+    assert restarted.epochs_run == 1
+    run_pretrain(cfg(epochs=1), first, tmp_path / "fresh")
+    assert (tmp_path / "run/checkpoint.pt").read_bytes() == (tmp_path / "fresh/checkpoint.pt").read_bytes()
+
+
+def test_resume_refuses_a_checkpoint_continued_from_other_init_weights(tmp_path, frames):
+    """ego_frozen's checkpoint must not survive a retrained imagenet init at the same path."""
+    run_pretrain(cfg(epochs=1), frames, tmp_path / "base")
+    continued = cfg(epochs=1, init=str(tmp_path / "base/checkpoint.pt"))
+    run_pretrain(continued, frames, tmp_path / "run")
+    run_pretrain(cfg(epochs=2), frames, tmp_path / "base", restart_if_changed=True)  # the init changes
+    with pytest.raises(HandEyeError, match=r"other settings \(init_md5: "):
+        run_pretrain(continued, frames, tmp_path / "run")
 
 
 def test_epochs_zero_exports_the_init(tmp_path, frames):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -134,7 +135,7 @@ def initialise(model: MaskedAutoencoder, cfg: PretrainConfig) -> dict[str, Any]:
     """Load ``cfg.init`` into ``model`` (random: keep the MAE init). Returns the provenance of the init."""
     if cfg.init == "random":
         return {"init": "random", "seed": cfg.seed}
-    source = Path(cfg.imagenet_init if cfg.init == "imagenet" else cfg.init)
+    source = init_source(cfg)
     if not source.exists():
         hint = " (pretrain.imagenet_init; the demo trains it in stage pretrain@imagenet)" if cfg.init == "imagenet" else ""
         raise HandEyeError(f"init weights {source} not found{hint}")
@@ -207,9 +208,27 @@ def train_one_epoch(model: MaskedAutoencoder, loader: DataLoader, optimizer, sch
 
 # ----------------------------------------------------------------------------------------- checkpoint
 def resolved_config(cfg: PretrainConfig, data_dir: Path) -> dict[str, Any]:
-    """What decides the bits: the config plus the data folder (not the output folder, so that a run may be
-    repeated elsewhere and compared byte for byte). JSON round trip: tuples become lists on both sides."""
-    return json.loads(json.dumps({**dataclasses.asdict(cfg), "data_dir": str(data_dir)}))
+    """What decides the bits: the config, the data folder and the content of the frames (frames.csv lists
+    every frame's sha1) and of the init weights, not the output folder, so that a run may be repeated
+    elsewhere and compared byte for byte, and a checkpoint of other frames or another init is never resumed.
+    JSON round trip: tuples become lists on both sides."""
+    return json.loads(json.dumps({**dataclasses.asdict(cfg), "data_dir": str(data_dir),
+                                  "frames_md5": repro.file_md5(data_dir / "frames.csv"),
+                                  "init_md5": None if cfg.init == "random" else tree_md5(init_source(cfg))}))
+
+
+def init_source(cfg: PretrainConfig) -> Path:
+    return Path(cfg.imagenet_init if cfg.init == "imagenet" else cfg.init)
+
+
+def tree_md5(path: Path) -> str:
+    """md5 of a file, or of a folder's files (names and contents, in sorted order)."""
+    if path.is_file():
+        return repro.file_md5(path)
+    h = hashlib.md5()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(path)}:{repro.file_md5(f)}\n".encode())
+    return h.hexdigest()
 
 
 def checkpoint_state(model, optimizer, scheduler, epoch: int, history: list, config: dict, init: dict) -> dict:
@@ -222,13 +241,17 @@ def checkpoint_state(model, optimizer, scheduler, epoch: int, history: list, con
     }
 
 
-def load_checkpoint(path: Path, config: dict) -> dict:
+def load_checkpoint(path: Path, config: dict, restart_if_changed: bool = False) -> dict | None:
+    """The checkpoint to resume, or None (restart) when it has other settings and ``restart_if_changed``."""
     ckpt = vit.load_state(path)  # weights_only: anything but tensors and containers is refused
     if ckpt.get("format") != vit.CHECKPOINT_FORMAT:
         raise HandEyeError(f"{path} is not a HandEye MAE checkpoint; move it away or use another --output-dir")
     if ckpt["config"] != config:
         diff = sorted(k for k in set(config) | set(ckpt["config"]) if config.get(k) != ckpt["config"].get(k))
         changes = ", ".join(f"{k}: {ckpt['config'].get(k)!r} -> {config.get(k)!r}" for k in diff)
+        if restart_if_changed:
+            print(f"pretrain: {path} was written with other settings ({changes}); starting over")
+            return None
         raise HandEyeError(f"{path} was written with other settings ({changes}); delete it to start over, "
                            f"or use another --output-dir")
     return ckpt
@@ -253,6 +276,10 @@ def write_live(out_dir: Path, history: list[dict]) -> None:
             live.step = row["epoch"]
             live.log_metric("train/loss", row["loss"])
             live.log_metric("train/lr", row["lr"])
+    if not history:  # an export without training: empty curves, so that every strategy has the same outputs
+        curves = out_dir / "live" / "plots" / "metrics" / "train"
+        for name in ("loss", "lr"):
+            repro.atomic_write_text(curves / f"{name}.tsv", f"step\t{name}\n")
 
 
 @torch.no_grad()
@@ -298,7 +325,11 @@ def export_encoder(model: MaskedAutoencoder, cfg: PretrainConfig, out_dir: Path,
 
 
 # ---------------------------------------------------------------------------------------------- stage
-def run_pretrain(cfg: PretrainConfig, data_dir: str | Path, out_dir: str | Path) -> PretrainResult:
+def run_pretrain(cfg: PretrainConfig, data_dir: str | Path, out_dir: str | Path,
+                 restart_if_changed: bool = False) -> PretrainResult:
+    """Train (or resume) into ``out_dir``. restart_if_changed: a checkpoint with other settings or frames is
+    replaced instead of refused (DVC reruns a stage exactly when those changed; its checkpoint persists only so
+    that a killed run resumes)."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     repro.seed_everything(cfg.seed, cfg.threads)
     model = build_model(cfg)  # validates arch; init draws from the seeded RNG
@@ -311,7 +342,7 @@ def run_pretrain(cfg: PretrainConfig, data_dir: str | Path, out_dir: str | Path)
     iters = len(frames) // cfg.batch_size
 
     path = out_dir / CHECKPOINT
-    ckpt = load_checkpoint(path, config) if path.exists() else None
+    ckpt = load_checkpoint(path, config, restart_if_changed) if path.exists() else None
     init = ckpt["init"] if ckpt else initialise(model, cfg)
     model.to(device)
     optimizer, scheduler = make_optimizer(model, cfg, iters)
@@ -354,13 +385,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="override pretrain.epochs (0: export the init without training)")
     p.add_argument("--init", help="random | imagenet | PATH (override pretrain.init)")
     p.add_argument("--freeze-blocks", type=int, help="override pretrain.freeze_blocks")
+    p.add_argument("--restart-if-changed", action="store_true",
+                   help="start over when the output folder's checkpoint has other settings or frames "
+                        "(default: refuse, so that a long run is never overwritten by mistake)")
     p.add_argument("--params", type=Path, default=PARAMS_FILE, help="parameter file (section 'pretrain')")
 
 
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(PretrainConfig, "pretrain", args.params,
                       {"epochs": args.epochs, "init": args.init, "freeze_blocks": args.freeze_blocks})
-    result = run_pretrain(cfg, args.data_dir, args.output_dir)
+    result = run_pretrain(cfg, args.data_dir, args.output_dir, args.restart_if_changed)
     loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
     print(f"pretrain: {result.epochs_run} epoch(s) in {result.seconds:.1f} s, final loss {loss}; "
           f"encoder, checkpoint, preview and metrics in {result.out_dir}")

@@ -150,10 +150,29 @@ def check_files(expected: dict[str, str], outs: Iterable[dict], root: Path) -> R
     return report
 
 
+def remove_persisted_outputs(project: Path) -> list[str]:
+    """Delete the outputs marked ``persist`` (pretraining checkpoints): ``dvc repro -f`` keeps them, and a
+    stage would then resume a finished run instead of re-executing it."""
+    from dvc.repo import Repo
+
+    removed = []
+    with Repo(str(project)) as repo:
+        for stage in repo.index.stages:
+            for out in stage.outs:
+                if out.persist and Path(out.fs_path).exists():
+                    Path(out.fs_path).unlink()
+                    removed.append(str(Path(out.fs_path).relative_to(project.resolve())))
+    return removed
+
+
 def repro_all(project: Path) -> None:
     """``dvc repro -f``: re-execute every stage; a plain repro could restore outputs from the run-cache."""
     # Stage commands call `handeye`: the one installed beside this interpreter, even if .venv is not active.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    removed = remove_persisted_outputs(project)
+    if removed:
+        print(f"verify: removed {len(removed)} persisted outputs so that their stages re-execute: "
+              f"{', '.join(removed)}")
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "dvc", "repro", "-f"], cwd=project, env=env)
     if result.returncode != 0:
