@@ -129,14 +129,13 @@ def test_worker_processes_give_the_same_bits_as_one_process():
 
 def test_bf16_embeddings_match_float32():
     from handeye.encoders import load_encoder
-    from handeye.envs.mujoco_env import MujocoCubeEnv
+    from handeye.envs.mujoco_env import embed_images
 
     enc = load_encoder("random:vit_demo_patch8_64")
     images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    fake = type("E", (), {"cfg": EnvConfig(encoder_bf16=True), "encoder": enc})
-    bf16 = MujocoCubeEnv.embed(fake, images)
-    fake.cfg = EnvConfig(encoder_bf16=False)
-    fp32 = MujocoCubeEnv.embed(fake, images)
+    batch = EnvConfig().embed_batch
+    bf16 = embed_images(enc, images, bf16=True, batch=batch)
+    fp32 = embed_images(enc, images, bf16=False, batch=batch)
     assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
     assert torch.nn.functional.cosine_similarity(bf16, fp32).min() > 0.99
 

@@ -125,10 +125,6 @@ class MujocoCubeEnv(CubeReorientEnv):
                                     self.goal_quat, self.in_hand_pos, scale)
         return TensorDict({"policy": policy, "privileged": privileged}, batch_size=[self.num_envs])
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (M, 3, H, W) -> float32 (M, D), as the env embeds its views."""
-        return embed_images(self.encoder, images, self.cfg.encoder_bf16, self.cfg.embed_batch)
-
 
 def embed_images(encoder: Encoder, images: torch.Tensor, bf16: bool, batch: int) -> torch.Tensor:
     """uint8 (M, 3, H, W) -> float32 (M, D), in chunks of ``batch``, under bf16 autocast if ``bf16``."""
