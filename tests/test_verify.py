@@ -132,3 +132,10 @@ def test_outputs_needs_no_repro(tmp_path):
     args = argparse.Namespace(lock=tmp_path / "dvc.lock", repro=True, outputs=tmp_path)
     with pytest.raises(HandEyeError, match="--no-repro"):
         verify.main(args)
+
+
+def test_lock_outside_a_dvc_project_is_a_user_error(tmp_path):
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    args = argparse.Namespace(lock=tmp_path / "dvc.lock", repro=False, outputs=None)
+    with pytest.raises(HandEyeError, match="not the root of a DVC project"):
+        verify.main(args)

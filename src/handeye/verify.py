@@ -214,6 +214,9 @@ def main(args: argparse.Namespace) -> int:
     lock = args.lock.resolve()
     if args.outputs is not None and args.repro:
         raise HandEyeError("--outputs checks a copy of the outputs and needs --no-repro")
+    if not (lock.parent / ".dvc").is_dir():
+        raise HandEyeError(f"{lock.parent} is not the root of a DVC project: --lock must be the dvc.lock of the "
+                           f"project to verify (beside its .dvc/ folder)")
     report = run_verify(lock.parent, lock, args.outputs, repro=args.repro)
     print_report(report)
     return 0 if report.ok else 1
