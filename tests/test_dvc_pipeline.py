@@ -134,6 +134,15 @@ def test_reward_curve_plots_use_the_custom_template_and_list_every_rl_run():
         assert props["y"] == expected, f"{plot_id}: its runs differ from params.yaml's rl.encoders x rl.seeds"
 
 
+def test_top_level_metrics_list_every_report_row():
+    """One `probe` stage writes every row's metrics; DVC cannot glob, so dvc.yaml lists them in row order."""
+    from handeye.report import ReportConfig
+
+    cfg = load_config(ReportConfig, "report", REPO_ROOT / "params.yaml")
+    listed = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["metrics"]
+    assert listed == [f"{cfg.probe_root}/{key}/metrics.json" for key in cfg.rows()]
+
+
 # --- rendering with DVC (needs the RL outputs in the workspace) ---------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -193,21 +202,21 @@ def cached(cache: Path, md5: str) -> bool:
 @pytest.mark.slow
 @pytest.mark.pipeline
 def test_queued_exp_run_sweep_reruns_only_the_probe(tmp_path):
-    """`dvc exp run --queue -S probe.blr=5,20` + `dvc queue start`: two experiments, each running probe@random
-    alone (-s: its inputs, the cached features, come from REPO_ROOT's cache; nothing upstream is checked),
-    with 20 probe epochs to keep it short."""
+    """`dvc exp run --queue -S probe.blr=5,20` + `dvc queue start`: two experiments, each running the probe
+    stage alone (-s: its inputs, the cached features, come from REPO_ROOT's cache; nothing upstream is
+    checked), with 20 probe epochs to keep it short."""
     clone = tmp_path / "clone"
     env = clone_head(clone)
     cache = REPO_ROOT / ".dvc" / "cache"
     lock = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]
-    features = [out for out in lock["features@random"]["outs"] if out["path"].endswith((".pt", ".json"))]
+    features = [out for name, stage in lock.items() if name.startswith("features@") for out in stage["outs"]]
     if not all(cached(cache, out["md5"]) for out in features):
-        pytest.skip(f"HEAD's features@random outputs are not in {cache} (none on a fresh clone): dvc repro")
-    # REPO_ROOT's cache, read as a remote (same files/md5 layout): only this stage's five files are copied.
+        pytest.skip(f"HEAD's features@* outputs are not in {cache} (none on a fresh clone): dvc repro")
+    # REPO_ROOT's cache, read as a remote (same files/md5 layout): only the feature caches are copied.
     dvc(clone, "remote", "add", "--local", "built", str(cache), env=env)
-    dvc(clone, "pull", "-r", "built", "features@random", env=env)
+    dvc(clone, "pull", "-r", "built", "features", env=env)
 
-    queued = dvc(clone, "exp", "run", "--queue", "-s", "probe@random",
+    queued = dvc(clone, "exp", "run", "--queue", "-s", "probe",
                  "-S", "probe.blr=5,20", "-S", "probe.epochs=20", env=env)
     names = re.findall(r"Queued experiment '([^']+)'", queued)
     assert len(names) == 2, queued
@@ -222,7 +231,7 @@ def test_queued_exp_run_sweep_reruns_only_the_probe(tmp_path):
         assert status.count("Success") == 2, status
         for name in names:
             log = dvc(clone, "queue", "logs", name, env=env)
-            assert re.findall(r"Running stage '([^']+)'", log) == ["probe@random"], log[-3000:]
+            assert re.findall(r"Running stage '([^']+)'", log) == ["probe"], log[-3000:]
     finally:
         subprocess.run([str(BIN / "dvc"), "queue", "stop", "--kill"], cwd=clone, env=env, capture_output=True,
                        timeout=60, check=False)

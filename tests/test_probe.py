@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,21 @@ def test_cli_probe_checkpoint_extracts_once_then_reuses_cache(layout, workdir, c
     assert "extracting" not in capsys.readouterr().out and meta.stat().st_mtime_ns == stamp
     assert cli.main([*argv, "--frames-per-segment", "1"]) == 0  # another K: the cache is stale
     assert "extracting" in capsys.readouterr().out
+
+
+def test_cli_probe_rows_probes_every_report_row_in_order(layout, workdir, capsys):
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["report"]["encoders"] = {"b": {"encoder": "x", "weights": "x"}, "a": {"encoder": "y", "weights": "y"}}
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    cfg = features.FeaturesConfig(data_dir=str(layout / "epic"), frames_per_segment=1)
+    for key in "ab":
+        features.run_features(cfg, str(layout / "tiny.pt"), workdir / "out" / "features" / key)
+    assert cli.main(["probe", "--rows", "--epochs", "2", "--batch-size", "16"]) == 0
+    assert re.findall(r"^probe (\w+): .* -> out/probe/\1/metrics.json$", capsys.readouterr().out, re.M) == ["b", "a"]
+    assert all((workdir / "out" / "probe" / k / "metrics.json").is_file() for k in "ab")
+    shutil.rmtree(workdir / "out" / "features" / "a")
+    assert cli.main(["probe", "--rows", "--epochs", "2"]) == 2
+    assert "out/features/a/meta.json not found" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

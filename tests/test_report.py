@@ -68,7 +68,7 @@ def test_paper_profile_has_no_standin_note(tmp_path):
 def test_missing_metrics_names_the_stage(tmp_path):
     write_metrics(tmp_path)
     (tmp_path / "probe" / "ego_frozen" / "metrics.json").unlink()
-    with pytest.raises(HandEyeError, match=r"ego_frozen/metrics.json not found: run `dvc repro probe@ego_"):
+    with pytest.raises(HandEyeError, match=r"ego_frozen/metrics.json not found: run `dvc repro probe` "):
         report.run_report(params(tmp_path))
 
 

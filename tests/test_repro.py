@@ -32,6 +32,7 @@ def test_seed_everything_fixes_threads_and_determinism():
     repro.seed_everything(0, threads=1)
     assert torch.get_num_threads() == 1
     assert torch.are_deterministic_algorithms_enabled()
+    assert torch.is_deterministic_algorithms_warn_only_enabled()
     repro.seed_everything(0)
     assert torch.get_num_threads() == repro.DEFAULT_THREADS
 
@@ -152,3 +153,26 @@ def test_output_folder_that_cannot_be_created_is_one_line_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(HandEyeError, match="cannot create output folder"):
         repro.atomic_write_text(blocker / "sub" / "x.txt", "x")
+
+
+def test_deterministic_kernels_do_not_import_the_compiler():
+    # Each pipeline stage is a fresh process: importing Dynamo/Inductor here would cost ~1.5 s per stage.
+    code = ("import sys, torch; from handeye import repro; repro.use_deterministic_kernels(); "
+            "assert torch.are_deterministic_algorithms_enabled(); print('torch._inductor.config' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_deterministic_kernels_reach_an_imported_compiler():
+    import torch._inductor.config as inductor_config
+
+    repro.use_deterministic_kernels()
+    assert inductor_config.deterministic
+
+
+def test_package_versions_agree_with_importlib_metadata():
+    from importlib import metadata
+
+    names = ("torch", "numpy", "dvc", "pillow", "rsl-rl-lib", "no-such-package-xyz")
+    expected = {n: metadata.version(n) for n in names[:-1]} | {names[-1]: None}
+    assert repro.package_versions(names) == expected

@@ -201,11 +201,13 @@ def default_dir(root: Path, encoder_spec: str) -> Path:
 # --------------------------------------------------------------------------------------------- CLI
 
 
-def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
-    """--encoder / --checkpoint / --data-dir, shared with `handeye probe`."""
+def add_encoder_arguments(p: argparse.ArgumentParser, rows_help: str | None = None) -> None:
+    """--encoder / --checkpoint / --data-dir, shared with `handeye probe` (which adds --rows)."""
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--encoder", help=f"registry name: {', '.join(encoders.known_encoders())}")
     which.add_argument("--checkpoint", help="checkpoint: HandEye export, MAE .pth, Hugging Face folder")
+    if rows_help:
+        which.add_argument("--rows", action="store_true", help=rows_help)
     p.add_argument("--data-dir", help="EPIC-KITCHENS-100 layout (features.data_dir)")
     p.add_argument("--frames-per-segment", type=int, help="K (features.frames_per_segment)")
     p.add_argument("--aggregate", choices=["mean", "frames"], help="features.aggregate")

@@ -8,7 +8,8 @@ averaging the K frames' softmax.
 
 `handeye probe --encoder NAME | --checkpoint PATH --data-dir DIR --epochs 100 --batch-size 256` extracts
 the features first when its cache (out/features/<name>) is absent or stale; `--features DIR` reads a cache
-as is (the DVC stage does this).
+as is. `handeye probe --rows` (the DVC stage) probes every row of the report, out/features/KEY ->
+out/probe/KEY, in one process: a probe trains in about a second, starting a process takes several.
 """
 
 from __future__ import annotations
@@ -207,7 +208,8 @@ def _read_meta(features_dir: str | Path) -> dict[str, Any]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    feats.add_encoder_arguments(p)
+    feats.add_encoder_arguments(p, rows_help="every row of report.encoders: read the feature cache "
+                                             "out/features/KEY as is, write <report.probe_root>/KEY")
     p.add_argument("--epochs", type=int, help="probe.epochs")
     p.add_argument("--batch-size", type=int, help="probe.batch_size")
     p.add_argument("--blr", type=float, help="probe.blr")
@@ -221,6 +223,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(ProbeConfig, "probe", args.params, {
         "epochs": args.epochs, "batch_size": args.batch_size, "blr": args.blr, "seed": args.seed})
+    if args.rows:
+        return probe_rows(cfg, args.params)
     spec = args.encoder or args.checkpoint
     features_dir = args.features
     if features_dir is None:
@@ -230,9 +234,22 @@ def main(args: argparse.Namespace) -> int:
             print(f"extracting features of {spec} into {features_dir}")
             feats.run_features(fcfg, spec, features_dir)
     out = args.out or feats.default_dir(PROBE_ROOT, spec)
-    res = run_probe(cfg, features_dir, out)
+    _print_result(spec, run_probe(cfg, features_dir, out))
+    return 0
+
+
+def probe_rows(cfg: ProbeConfig, params: str | Path) -> int:
+    """Probe the cached features of every report row, in the report's order."""
+    from handeye.report import ReportConfig
+
+    report = load_config(ReportConfig, "report", params, {})
+    for key in report.rows():
+        _print_result(key, run_probe(cfg, feats.FEATURES_ROOT / key, Path(report.probe_root) / key))
+    return 0
+
+
+def _print_result(name: str, res: ProbeResult) -> None:
     m = res.metrics
-    print(f"probe {spec}: top-1 verb {m['verb_top1']:.1%} noun {m['noun_top1']:.1%} "
+    print(f"probe {name}: top-1 verb {m['verb_top1']:.1%} noun {m['noun_top1']:.1%} "
           f"action {m['action_top1']:.1%} (top-5 action {m['action_top5']:.1%}) "
           f"-> {res.out_dir}/metrics.json")
-    return 0

@@ -56,9 +56,9 @@ class EncoderRow:
 @dataclass(frozen=True)
 class ReportConfig:
     # row key -> {encoder, weights, label}: table rows in this order; each key gets the DVC stages
-    # features@KEY and probe@KEY (outputs out/features/KEY, out/probe/KEY)
+    # features@KEY (output out/features/KEY) and a probe in stage `probe` (out/probe/KEY)
     encoders: dict = field(default_factory=dict)
-    probe_root: str = "out/probe"  # where probe@KEY wrote KEY/metrics.json
+    probe_root: str = "out/probe"  # where `handeye probe --rows` writes KEY/metrics.json
     out_dir: str = "paper_figs"  # tables and figures
     sections: list[str] = field(default_factory=lambda: ["recognition"])  # keys of report.SECTIONS, in order
     standins: bool = True  # say under the table that the data and baselines are the demo's stand-ins
@@ -78,7 +78,7 @@ def read_recognition(cfg: ReportConfig) -> list[tuple[str, str, dict[str, float]
     for key, row in cfg.rows().items():
         path = Path(cfg.probe_root) / key / "metrics.json"
         if not path.is_file():
-            raise HandEyeError(f"{path} not found: run `dvc repro probe@{key}` (or `handeye probe`) first")
+            raise HandEyeError(f"{path} not found: run `dvc repro probe` (or `handeye probe`) first")
         val = json.loads(path.read_text()).get("val", {})
         missing = [m for m, _ in COLUMNS if m not in val]
         if missing:
