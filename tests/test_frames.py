@@ -55,15 +55,17 @@ def rows(out: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    """A folder of one H.264 and one H.265 clip (60 index frames, 30 fps) with Ego10K-like sidecars."""
+    """A folder of one H.264 and one H.265 clip (60 index frames, 30 fps, a keyframe every 4th) with
+    Ego10K-like sidecars."""
     d = tmp_path_factory.mktemp("corpus")
     for codec in CODECS:
-        write_video(d / f"{codec}.mp4", codec)
+        write_video(d / f"{codec}.mp4", codec, gop=4)
         (d / f"{codec}.json").write_text(json.dumps({"fps": 30, "codec": codec}))
     return d
 
 
-# every_n 12 sends H.264 through decord's seeking, the others through one PyAV pass (video.choose_backend)
+# every_n 12 (3 keyframe intervals a request) sends H.264 through decord's seeking, the others through one
+# PyAV pass (video.choose_backend)
 @pytest.mark.parametrize("sampling", [{"every_n": 12}, {"every_n": None, "fps": 4.0}, {"every_n": 1}])
 def test_shards_hold_exactly_the_requested_frames(corpus, tmp_path, sampling):
     result = run(config(**sampling), corpus, tmp_path / "out")

@@ -43,12 +43,13 @@ def read_index(img: np.ndarray) -> int:
 
 def write_video(path: Path, codec: str = "h264", frames=None, n: int = 60, fps: int = 30,
                 gop: int = 12, options: dict | None = None) -> Path:
-    """Encode ``frames`` (default: index frames 0..n-1) with PyAV; short GOPs so that seeking matters."""
+    """Encode ``frames`` (default: index frames 0..n-1) with PyAV; short GOPs so that seeking matters, and
+    for H.264 a keyframe exactly every ``gop`` frames (no scene-cut keyframes: index frames change a lot)."""
     frames = [index_frame(i) for i in range(n)] if frames is None else frames
     with av.open(str(path), "w", options=options or {}) as c:
         s = c.add_stream(CODECS[codec], rate=fps)
         s.width, s.height, s.pix_fmt = W, H, "yuv420p"
-        s.options = ({"g": str(gop)} if codec == "h264"
+        s.options = ({"g": str(gop), "x264-params": "scenecut=0"} if codec == "h264"
                      else {"x265-params": f"keyint={gop}:min-keyint={gop}:log-level=error"})
         for f in frames:
             for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
@@ -101,11 +102,20 @@ def test_decord_hevc_seek_bug_is_detected(clips):
     assert any(read_index(f) != i for i, f in got)
 
 
-def test_auto_uses_decord_only_where_exact_and_sparse(clips):
-    sparse, dense = [0, 25, 59], list(range(0, 60, 2))
-    assert video.choose_backend(video.probe(clips["h264"]).codec, sparse) == "decord"
-    assert video.choose_backend(video.probe(clips["h264"]).codec, dense) == "pyav"
-    assert video.choose_backend(video.probe(clips["hevc"]).codec, sparse) == "pyav"
+def test_auto_uses_decord_only_where_exact_and_whole_keyframe_intervals_are_skipped(clips):
+    assert video.keyframe_interval(clips["h264"]) == 12  # write_video's gop
+    h264, hevc = clips["h264"], clips["hevc"]
+    sparse = [7, 59]  # a sequential pass decodes 30 frames a request: seeking skips whole intervals of 12
+    assert video.choose_backend(h264, "h264", sparse) == "decord"
+    assert video.choose_backend(h264, "h264", [0, 25, 59]) == "pyav"  # 20 a request: under 2 intervals
+    assert video.choose_backend(h264, "h264", list(range(0, 60, 2))) == "pyav"
+    assert video.choose_backend(hevc, "hevc", sparse) == "pyav"  # decord's H.265 seeking is wrong
+
+
+def test_keyframe_interval_of_a_single_gop_is_its_length(tmp_path):
+    path = write_video(tmp_path / "one_gop.mp4", gop=100, n=40)
+    assert video.keyframe_interval(path) == 40
+    assert video.choose_backend(path, "h264", [39]) == "pyav"
 
 
 @pytest.mark.parametrize("codec", CODECS)

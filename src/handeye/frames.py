@@ -274,7 +274,7 @@ def extract_video(path: Path, src: Source, cfg: FramesConfig, warn: Warnings) ->
     size = scaled_size(info.width, info.height, cfg.resolution)
     indices, frames = [], []
     try:
-        backend = video.choose_backend(info.codec, wanted)  # "auto" would probe the file a second time
+        backend = video.choose_backend(path, info.codec, wanted)  # "auto" would probe the file a second time
         for index, frame in video.read_frames(path, wanted, size=size, backend=backend):
             indices.append(index)
             frames.append(centre_crop(frame, cfg.resolution))

@@ -17,6 +17,7 @@ import pandas as pd
 
 from handeye.config import load_config
 from handeye.errors import HandEyeError
+from handeye.rl_config import RLConfig, run_name
 
 # metric (dvclive name) -> (file stem, axis label)
 METRICS = {
@@ -44,8 +45,6 @@ def read_run(run_dir: Path) -> pd.DataFrame:
 
 
 def collect_runs(root: Path, encoders: list[str], seeds: list[int]) -> pd.DataFrame:
-    from handeye.rl import run_name
-
     frames = []
     for encoder in encoders:
         for seed in seeds:
@@ -78,8 +77,6 @@ def plot_curve(data: pd.DataFrame, metric: str, x: str, path: Path) -> Path:
 
 def write_rl_figures(params: dict[str, Any], out_dir: Path) -> list[Path]:
     """The six reward-curve figures ``rl_<metric>_vs_{iteration,wall_time}.png`` in ``out_dir``."""
-    from handeye.rl import RLConfig
-
     cfg = load_config(RLConfig, "rl", params)
     data = collect_runs(Path(cfg.out_dir), cfg.encoders, cfg.seeds)
     written = []

@@ -3,8 +3,8 @@
 decord 0.6.0 returns wrong frames when it *seeks* in H.265 (FIELD_NOTES: frame i+4 for most indices), while
 its seeking on H.264 is exact and sequential decoding is correct everywhere. So ``read_frames`` picks the
 backend from the stream's codec and the request: decord's random access only for codecs in
-``SEEK_EXACT_CODECS`` and sparse requests (where seeking skips whole stretches of video), one sequential
-PyAV pass otherwise (every frame is decoded, only the requested ones are converted and scaled). Frame index
+``SEEK_EXACT_CODECS`` and requests sparse enough for seeking to skip whole keyframe intervals, one
+sequential PyAV pass otherwise (every frame is decoded, only the requested ones are converted and scaled). Frame index
 ``i`` is the ``i``-th frame in presentation order, the numbering both backends agree on (tests/test_video.py
 checks it with videos whose pixels encode their own index).
 """
@@ -12,6 +12,7 @@ checks it with videos whose pixels encode their own index).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +25,23 @@ from handeye.errors import HandEyeError
 SEEK_EXACT_CODECS = frozenset({"h264"})
 # swscale's area filter averages every source pixel under a target pixel: right for large downscales.
 _INTERPOLATION = "AREA"
-# decord converts every frame to full-size RGB (and its own scaling is broken, so we rescale after): on dense
-# requests one PyAV pass is faster (benchmarks/bench_frames.py). Seeking pays off from about one requested
-# frame in this many.
-SPARSE_GAP = 10
+# A seek restarts decoding at a keyframe and refills the decoder's frame-thread pipeline; decord also converts
+# every frame to full-size RGB (its own scaling is broken, so we rescale after). At one request per half
+# keyframe interval decord was slower than one PyAV pass over every frame (benchmarks/bench_frames.py), so it
+# is used from this many keyframe intervals per requested frame, where seeking skips whole intervals.
+SEEK_MIN_GOPS = 2
+_GOP_PACKETS = 600  # packets read to estimate the keyframe interval: a few intervals of a typical camera
 _DECORD_BATCH = 32  # frames per decord get_batch call: bounds memory on long videos
 # swscale threads per conversion. Its default (0: one per core) builds a thread pool in every fresh context,
 # i.e. for every frame, which costs more than scaling a small output (several ms a frame on busy cores).
 # One thread is also the same bytes on any core count.
 _SWS_THREADS = 1
+
+
+def decoder_threads() -> int:
+    """Decoder threads: one per usable core. FFmpeg's automatic count (cores + 1) decoded the benchmark's
+    960x540 clips 10-20% slower on 2 cores (PyAV and decord alike); threaded decoding is bit-exact."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class VideoError(HandEyeError):
@@ -100,7 +109,7 @@ def read_frames(path: str | Path, indices: Sequence[int], size: tuple[int, int] 
     if wanted[0] < 0:
         raise VideoError(f"{path}: negative frame index {wanted[0]}")
     if backend == "auto":
-        backend = choose_backend(probe(path).codec, wanted)
+        backend = choose_backend(path, probe(path).codec, wanted)
     if backend == "decord":
         yield from _read_decord(Path(path), wanted, size)
     elif backend == "pyav":
@@ -109,10 +118,37 @@ def read_frames(path: str | Path, indices: Sequence[int], size: tuple[int, int] 
         raise ValueError(f"unknown backend {backend!r}")
 
 
-def choose_backend(codec: str, wanted: Sequence[int]) -> str:
-    """"decord" where seeking is exact and the requested frames (sorted) are sparse, else "pyav"."""
-    span = wanted[-1] - wanted[0] + 1
-    return "decord" if codec in SEEK_EXACT_CODECS and span >= SPARSE_GAP * len(wanted) else "pyav"
+def choose_backend(path: str | Path, codec: str, wanted: Sequence[int]) -> str:
+    """"decord" where seeking is exact and skips whole keyframe intervals, else "pyav".
+
+    wanted: sorted frame indices. A sequential pass decodes (last + 1) / len(wanted) frames per requested
+    frame; seeking pays when that is at least ``SEEK_MIN_GOPS`` keyframe intervals.
+    """
+    if codec not in SEEK_EXACT_CODECS:
+        return "pyav"
+    per_request = (wanted[-1] + 1) / len(wanted)
+    if per_request < SEEK_MIN_GOPS * 2:  # no stream has keyframes closer than every 2nd frame
+        return "pyav"
+    return "decord" if per_request >= SEEK_MIN_GOPS * keyframe_interval(path) else "pyav"
+
+
+def keyframe_interval(path: str | Path) -> float:
+    """Median distance between keyframes among the first ``_GOP_PACKETS`` packets of the first video stream
+    (demuxed, not decoded); the number of packets read when fewer than two keyframes are among them."""
+    import av
+
+    keys, n = [], 0
+    try:
+        with av.open(str(path)) as container:
+            packets = (p for p in container.demux(container.streams.video[0]) if p.size)  # not the EOF one
+            for n, packet in enumerate(packets, 1):
+                if packet.is_keyframe:
+                    keys.append(n)
+                if n >= _GOP_PACKETS or len(keys) > 4:
+                    break
+    except (av.FFmpegError, OSError, IndexError) as e:
+        raise VideoError(f"{path}: cannot read its packets ({_reason(e)})") from None
+    return float(np.median(np.diff(keys))) if len(keys) > 1 else float(max(n, 1))
 
 
 def _read_pyav(path: Path, wanted: list[int], size: tuple[int, int] | None,
@@ -128,6 +164,7 @@ def _read_pyav(path: Path, wanted: list[int], size: tuple[int, int] | None,
             # frame threads as well as slice threads: x264's single-slice H.264 otherwise decodes on one
             # core. FFmpeg's threaded decoding is bit-exact and keeps the output order.
             stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = decoder_threads()
             for frame in container.decode(stream):
                 if decoded == wanted[pos]:
                     rgb = frame.reformat(width=width, height=height, format="rgb24",
@@ -148,7 +185,7 @@ def _read_decord(path: Path, wanted: list[int], size: tuple[int, int] | None,
 
     try:
         # decord's own width/height scaling is broken for some sizes (buffer size mismatch), so scale here.
-        reader = decord.VideoReader(str(path), num_threads=0)
+        reader = decord.VideoReader(str(path), num_threads=decoder_threads())
     except decord.DECORDError as e:
         raise VideoError(f"{path}: cannot open as a video ({_reason(e)})") from None
     n = len(reader)

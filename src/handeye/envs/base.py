@@ -8,12 +8,12 @@ plus proprioception and the goal. Rewards come from ``handeye.envs.rewards.compu
 from __future__ import annotations
 
 from abc import abstractmethod
-from dataclasses import dataclass
 
 import torch
 from rsl_rl.env import VecEnv
 
 from handeye.envs import rewards
+from handeye.rl_config import EnvConfig  # part of this interface, defined apart: torch-free
 
 NUM_CAMERAS = 2
 NUM_ACTIONS = 20  # actuated joints of the Shadow hand (24 joints, the distal ones are coupled)
@@ -24,20 +24,6 @@ PROPRIO_DIM = 2 * NUM_HAND_JOINTS + 4 + 3 * NUM_FINGERTIPS + NUM_ACTIONS  # 87
 PRIVILEGED_DIM = 3 + 4 + 3 + 3 + 4 + 3  # 20
 # rsl_rl obs_groups: the actor sees what a robot would; the critic also sees the simulator's state.
 OBS_GROUPS = {"actor": ["policy"], "critic": ["policy", "privileged"]}
-
-
-@dataclass(frozen=True)
-class EnvConfig:
-    num_envs: int = 16  # environments stepped in lockstep
-    episode_length_s: float = 10.0  # time limit (Isaac Lab: 10 s); reaching it is a time-out, not a failure
-    control_dt: float = 1 / 60  # s per policy step (Isaac Lab: sim dt 1/120, decimation 2)
-    image_size: int = 64  # square camera images (Isaac Lab renders 120x120)
-    workers: int = 2  # MuJoCo: processes that step and render the envs (0 = in this process)
-    reset_position_noise: float = 0.01  # m, uniform noise on the cube's spawn position (Isaac Lab)
-    reset_dof_pos_noise: float = 0.2  # fraction of the joint range added to the hand's start pose (Isaac Lab)
-    vel_obs_scale: float = 0.2  # joint/angular velocities are scaled by this in observations (Isaac Lab)
-    encoder_bf16: bool = True  # embed under bfloat16 autocast (tested to match float32 embeddings closely)
-    embed_batch: int = 256  # images per encoder call
 
 
 class CubeReorientEnv(VecEnv):
