@@ -4,9 +4,9 @@ decord 0.6.0 returns wrong frames when it *seeks* in H.265 (FIELD_NOTES: frame i
 its seeking on H.264 is exact and sequential decoding is correct everywhere. So ``read_frames`` picks the
 backend from the stream's codec and the request: decord's random access only for codecs in
 ``SEEK_EXACT_CODECS`` and requests sparse enough for seeking to skip whole keyframe intervals, one
-sequential PyAV pass otherwise (every frame is decoded, only the requested ones are converted and scaled). Frame index
-``i`` is the ``i``-th frame in presentation order, the numbering both backends agree on (tests/test_video.py
-checks it with videos whose pixels encode their own index).
+sequential PyAV pass otherwise (every frame is decoded, only the requested ones are converted and scaled).
+Frame index ``i`` is the ``i``-th frame in presentation order, the numbering both backends agree on
+(tests/test_video.py checks it with videos whose pixels encode their own index).
 """
 
 from __future__ import annotations
