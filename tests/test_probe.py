@@ -164,7 +164,8 @@ def test_cli_probe_rows_probes_every_report_row_in_order(layout, workdir, capsys
     for key in "ab":
         features.run_features(cfg, str(layout / "tiny.pt"), workdir / "out" / "features" / key)
     assert cli.main(["probe", "--rows", "--epochs", "2", "--batch-size", "16"]) == 0
-    printed = re.findall(r"^probe (\w+): .* -> out/probe/\1/metrics.json$", capsys.readouterr().out, re.M)
+    line = r"^probe (\w+): .* -> out/probe/\1/metrics.json$"
+    printed = re.findall(line, capsys.readouterr().out, re.MULTILINE)
     assert printed == ["b", "a"]  # the report's row order, not sorted
     assert all((workdir / "out" / "probe" / k / "metrics.json").is_file() for k in "ab")
     shutil.rmtree(workdir / "out" / "features" / "a")
