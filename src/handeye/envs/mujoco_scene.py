@@ -273,7 +273,7 @@ class SimPool:
         for conn, proc in zip(self.conns, self.procs):
             try:
                 conn.recv()
-            except EOFError:
+            except (BrokenPipeError, EOFError):
                 pass
             proc.join(timeout=5)
             if proc.is_alive():
