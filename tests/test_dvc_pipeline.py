@@ -143,6 +143,17 @@ def test_top_level_metrics_list_every_report_row():
     assert listed == [f"{cfg.probe_root}/{key}/metrics.json" for key in cfg.rows()]
 
 
+def test_features_stage_depends_on_every_report_rows_weights():
+    """One `features` stage embeds every row; DVC cannot loop outside foreach, so dvc.yaml names each row's
+    weights (interpolated from params, so a profile that swaps a row's weights is followed)."""
+    from handeye.report import ReportConfig
+
+    cfg = load_config(ReportConfig, "report", REPO_ROOT / "params.yaml")
+    deps = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["features"]["deps"]
+    named = [m.group(1) for d in deps if (m := re.fullmatch(r"\$\{report\.encoders\.(\w+)\.weights\}", d))]
+    assert named == list(cfg.rows())
+
+
 # --- rendering with DVC (needs the RL outputs in the workspace) ---------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -209,9 +220,9 @@ def test_queued_exp_run_sweep_reruns_only_the_probe(tmp_path):
     env = clone_head(clone)
     cache = REPO_ROOT / ".dvc" / "cache"
     lock = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]
-    features = [out for name, stage in lock.items() if name.startswith("features@") for out in stage["outs"]]
+    features = lock["features"]["outs"]
     if not all(cached(cache, out["md5"]) for out in features):
-        pytest.skip(f"HEAD's features@* outputs are not in {cache} (none on a fresh clone): dvc repro")
+        pytest.skip(f"HEAD's features output is not in {cache} (none on a fresh clone): dvc repro")
     # REPO_ROOT's cache, read as a remote (same files/md5 layout): only the feature caches are copied.
     dvc(clone, "remote", "add", "--local", "built", str(cache), env=env)
     dvc(clone, "pull", "-r", "built", "features", env=env)

@@ -138,6 +138,21 @@ def test_folder_of_images(tmp_path):
     assert [read_index(ds[i].permute(1, 2, 0).numpy()) for i in range(2)] == [5, 9]
 
 
+def test_dedup_encoder_is_loaded_only_when_a_source_has_frames_to_compare(tmp_path):
+    """Images are sources of one frame: the dedup encoder (seconds to load) is never needed for them."""
+    src = tmp_path / "generic"
+    src.mkdir()
+    Image.fromarray(index_frame(5)).save(src / "a.png")
+    cfg = config(dedup=True, dedup_encoder="no/such/encoder")
+    assert run(cfg, src, tmp_path / "out").frames_kept == 1
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    write_video(clips / "c.mp4", "h264", frames=[index_frame(3)] * 4)
+    with pytest.raises(HandEyeError, match="no/such/encoder"):
+        run(cfg, clips, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+
+
 def _epic_csv(path: Path, segments: list[tuple[str, str, float, float]], fps: float) -> None:
     def ts(t: float) -> str:
         return f"{int(t // 3600):02d}:{int(t % 3600 // 60):02d}:{t % 60:05.2f}"

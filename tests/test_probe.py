@@ -121,6 +121,42 @@ def test_probe_learns_and_is_deterministic(cache, tmp_path):
     assert metrics["action_top5"] >= metrics["action_top1"]
 
 
+def test_one_decoding_pass_for_many_encoders_gives_each_the_bytes_of_its_own_run(layout, tmp_path):
+    """run_features_many decodes once per input size; every cache equals that encoder's lone run."""
+    torch.manual_seed(1)
+    other = vit.ViTArch(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2)  # another input size
+    vit.save_export(layout / "small.pt", other, vit.build_vit(other).state_dict(),
+                    vit.Preprocess(input_size=16, patch_size=8), {"strategy": "test"})
+    cfg = features.FeaturesConfig(data_dir=str(layout / "epic"), frames_per_segment=2)
+    specs = {"a": str(layout / "tiny.pt"), "b": str(layout / "small.pt"), "c": "random:vit_demo_patch8_64"}
+    many = features.run_features_many(cfg, [(spec, tmp_path / "many" / k) for k, spec in specs.items()])
+    assert [r.out_dir for r in many] == [tmp_path / "many" / k for k in specs]
+    for key, spec in specs.items():
+        features.run_features(cfg, spec, tmp_path / "one" / key)
+        for name in ("train.pt", "validation.pt", "meta.json"):
+            assert (tmp_path / "many" / key / name).read_bytes() == (tmp_path / "one" / key / name).read_bytes()
+    timings = json.loads((tmp_path / "many" / "a" / "timings.json").read_text())
+    assert 0 < timings["train_decode_s"] < timings["train_s"]
+
+
+def test_a_failure_in_a_later_split_leaves_no_cache_at_all(layout, tmp_path, monkeypatch):
+    """The train caches are written when validation fails: none may be left looking complete."""
+    real, calls = features.embed_segments, []
+
+    def embed_then_fail(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise HandEyeError("decoder died")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(features, "embed_segments", embed_then_fail)
+    cfg = features.FeaturesConfig(data_dir=str(layout / "epic"), frames_per_segment=1)
+    spec = str(layout / "tiny.pt")
+    with pytest.raises(HandEyeError, match="decoder died"):
+        features.run_features_many(cfg, [(spec, tmp_path / "a"), (spec, tmp_path / "b")])
+    assert len(calls) == 2 and list(tmp_path.iterdir()) == []
+
+
 def test_per_frame_features(layout, tmp_path):
     cfg = features.FeaturesConfig(data_dir=str(layout / "epic"), frames_per_segment=3, aggregate="frames")
     features.run_features(cfg, str(layout / "tiny.pt"), tmp_path / "f")
@@ -154,6 +190,20 @@ def test_cli_probe_checkpoint_extracts_once_then_reuses_cache(layout, workdir, c
     assert "extracting" not in capsys.readouterr().out and meta.stat().st_mtime_ns == stamp
     assert cli.main([*argv, "--frames-per-segment", "1"]) == 0  # another K: the cache is stale
     assert "extracting" in capsys.readouterr().out
+
+
+def test_cli_features_rows_writes_every_report_row(layout, workdir, capsys):
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    tiny = str(layout / "tiny.pt")
+    params["report"]["encoders"] = {"b": {"encoder": tiny, "weights": tiny}, "a": {"encoder": tiny, "weights": tiny}}
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert cli.main(["features", "--rows"]) == 0
+    printed = re.findall(r"^features of .*-> out/features/(\w+)$", capsys.readouterr().out, re.MULTILINE)
+    assert printed == ["b", "a"]
+    a, b = (workdir / "out" / "features" / k / "train.pt" for k in "ab")
+    assert a.read_bytes() == b.read_bytes()
+    assert cli.main(["features", "--rows", "--out", "x"]) == 2
+    assert "--rows writes out/features/KEY" in capsys.readouterr().err
 
 
 def test_cli_probe_rows_probes_every_report_row_in_order(layout, workdir, capsys):

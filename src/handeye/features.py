@@ -3,23 +3,26 @@
 The official MAE linear probe re-encodes every image every epoch although the encoder is frozen; caching
 the features turns 100 probe epochs into 100 passes over a small float matrix (benchmarks/bench_probe.py).
 
-Output folder (one per encoder, a DVC output)::
+`handeye features --rows` (the DVC stage) writes out/features/KEY for every row of report.encoders in one
+process, decoding each split once for all encoders. Output folder, one per encoder::
 
     <split>.pt        {"features": float32 (N, D) or (N, K, D), "verb": int64 (N,), "noun": int64 (N,),
                        "narration_id": [str] * N}   for each split (train, validation)
     meta.json         encoder, dims, classes, per-split counts and skipped segments, the cache key
-    timings.json      wall-clock seconds and images/s (not compared bit for bit)
+    timings.json      wall-clock seconds (decoding, shared by the encoders of a run, and decoding + this
+                      encoder's embedding) and images/s (not compared bit for bit)
     run_manifest.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -65,69 +68,103 @@ class FeaturesResult:
 
 def run_features(cfg: FeaturesConfig, encoder_spec: str, out_dir: str | Path) -> FeaturesResult:
     """Embed every split of ``cfg.data_dir`` with ``encoder_spec`` and write the cache to ``out_dir``."""
+    return run_features_many(cfg, [(encoder_spec, Path(out_dir))])[0]
+
+
+def run_features_many(cfg: FeaturesConfig, targets: Sequence[tuple[str, Path]]) -> list[FeaturesResult]:
+    """Write one cache per (encoder spec, output folder), decoding each split's frames once per input size.
+
+    Decoding a split costs about as much as embedding it with a demo encoder, and at paper scale (ViT-B on a
+    GPU) it is most of the work, so encoders that take the same input size share one pass over the videos.
+    Every cache is swapped into place only when all of them are complete.
+    """
     repro.seed_everything(cfg.seed, threads=cfg.threads)
     if not Path(cfg.data_dir).is_dir():
         raise HandEyeError(f"EPIC data folder {cfg.data_dir} not found (features.data_dir / --data-dir)")
     splits = {s: epic.load_split(cfg.data_dir, s, cfg.annotations_dir) for s in cfg.splits}
     first = next(iter(splits.values()))
-    encoder = encoders.load_encoder(encoder_spec, models_root=cfg.models_root, weights_root=cfg.weights_root,
-                                    pooling=cfg.pooling, device=cfg.device, batch_size=cfg.batch_size)
-    meta: dict[str, Any] = {
-        "cache_key": cache_key(cfg, encoder_spec), "encoder": encoder.name, "embed_dim": encoder.embed_dim,
-        "preprocess": dataclasses.asdict(encoder.preprocess),
-        "provenance": getattr(encoder, "provenance", {}),
-        "aggregate": cfg.aggregate, "frames_per_segment": cfg.frames_per_segment,
-        "verbs": list(first.verbs), "nouns": list(first.nouns), "splits": {},
-    }
-    timings: dict[str, float] = {}
-    images = 0
-    with repro.atomic_dir(out_dir) as tmp:
+    for ann in splits.values():
+        if (ann.verbs, ann.nouns) != (first.verbs, first.nouns):
+            raise HandEyeError(f"{ann.source}: class lists differ from those of {first.source}")
+    jobs = [_Job(spec, Path(out), encoders.load_encoder(
+        spec, models_root=cfg.models_root, weights_root=cfg.weights_root, pooling=cfg.pooling, device=cfg.device,
+        batch_size=cfg.batch_size)) for spec, out in targets]
+    with contextlib.ExitStack() as stack:
+        tmps = [stack.enter_context(repro.atomic_dir(job.out_dir)) for job in jobs]
         for name, ann in splits.items():
-            if (ann.verbs, ann.nouns) != (first.verbs, first.nouns):
-                raise HandEyeError(f"{ann.source}: class lists differ from those of {first.source}")
-            missing = epic.MissingReport()
-            start = time.perf_counter()
-            feats, keep = embed_segments(encoder, cfg, ann.segments, missing, desc=f"{encoder.name} {name}")
-            timings[f"{name}_s"] = time.perf_counter() - start
-            missing.check(cfg.max_missing_fraction, f"{ann.source}")
-            images += len(keep) * cfg.frames_per_segment
-            segs = [ann.segments[i] for i in keep]
-            repro.atomic_torch_save({
-                "features": feats,
-                "verb": torch.tensor([s.verb_class for s in segs], dtype=torch.int64),
-                "noun": torch.tensor([s.noun_class for s in segs], dtype=torch.int64),
-                "narration_id": [s.narration_id for s in segs],
-            }, tmp / f"{name}.pt")
-            meta["splits"][name] = {"csv": str(ann.source), "segments": len(keep), "skipped": missing.skipped,
-                                    "summary": missing.summary()}
-            if missing.skipped:
-                print(f"{name}: {missing.summary()}")
-        total = sum(timings.values())
-        timings["images_per_s"] = images / total if total else 0.0
-        repro.atomic_write_json(tmp / "meta.json", meta)
-        repro.atomic_write_json(tmp / "timings.json", timings)
-        repro.write_manifest(tmp, "features", {"encoder": encoder_spec, **dataclasses.asdict(cfg)}, cfg.seed)
-    return FeaturesResult(Path(out_dir), {s: m["segments"] for s, m in meta["splits"].items()},
-                          {s: m["skipped"] for s, m in meta["splits"].items()}, timings["images_per_s"])
+            for size in sorted({job.encoder.preprocess.input_size for job in jobs}):
+                group = [(job, tmp) for job, tmp in zip(jobs, tmps, strict=True)
+                         if job.encoder.preprocess.input_size == size]
+                missing = epic.MissingReport()
+                feats, keep, decode_s, embed_s = embed_segments(
+                    [job.encoder for job, _ in group], cfg, ann.segments, missing, desc=f"{name}, {len(group)} encoder(s)")
+                missing.check(cfg.max_missing_fraction, f"{ann.source}")
+                if missing.skipped:
+                    print(f"{name}: {missing.summary()}")
+                segs = [ann.segments[i] for i in keep]
+                labels = {"verb": torch.tensor([s.verb_class for s in segs], dtype=torch.int64),
+                          "noun": torch.tensor([s.noun_class for s in segs], dtype=torch.int64),
+                          "narration_id": [s.narration_id for s in segs]}
+                for (job, tmp), f, seconds in zip(group, feats, embed_s, strict=True):
+                    repro.atomic_torch_save({"features": f, **labels}, tmp / f"{name}.pt")
+                    job.splits[name] = {"csv": str(ann.source), "segments": len(keep), "skipped": missing.skipped,
+                                        "summary": missing.summary()}
+                    job.timings |= {f"{name}_s": decode_s + seconds, f"{name}_decode_s": decode_s}
+                    job.images += len(keep) * cfg.frames_per_segment
+        for job, tmp in zip(jobs, tmps, strict=True):
+            total = sum(job.timings[f"{name}_s"] for name in splits)
+            job.timings["images_per_s"] = job.images / total if total else 0.0
+            repro.atomic_write_json(tmp / "meta.json", {
+                "cache_key": cache_key(cfg, job.spec), "encoder": job.encoder.name,
+                "embed_dim": job.encoder.embed_dim, "preprocess": dataclasses.asdict(job.encoder.preprocess),
+                "provenance": getattr(job.encoder, "provenance", {}), "aggregate": cfg.aggregate,
+                "frames_per_segment": cfg.frames_per_segment, "verbs": list(first.verbs),
+                "nouns": list(first.nouns), "splits": job.splits})
+            repro.atomic_write_json(tmp / "timings.json", job.timings)
+            repro.write_manifest(tmp, "features", {"encoder": job.spec, **dataclasses.asdict(cfg)}, cfg.seed)
+    return [FeaturesResult(job.out_dir, {s: m["segments"] for s, m in job.splits.items()},
+                           {s: m["skipped"] for s, m in job.splits.items()}, job.timings["images_per_s"])
+            for job in jobs]
 
 
-def embed_segments(encoder: encoders.Encoder, cfg: FeaturesConfig, segments, missing: epic.MissingReport,
-                   desc: str = "") -> tuple[torch.Tensor, list[int]]:
-    """-> (features (M, D) or (M, K, D) in segment order, indices of the M segments that had frames)."""
+@dataclass
+class _Job:
+    """One encoder's cache being written: what run_features_many accumulates for its meta and timings."""
+
+    spec: str
+    out_dir: Path
+    encoder: encoders.Encoder
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    images: int = 0
+
+
+def embed_segments(encs: Sequence[encoders.Encoder], cfg: FeaturesConfig, segments, missing: epic.MissingReport,
+                   desc: str = "") -> tuple[list[torch.Tensor], list[int], float, list[float]]:
+    """Decode the K frames of every segment once and embed them with each encoder (all of one input size).
+
+    -> (per encoder: features (M, D) or (M, K, D) in segment order; indices of the M segments that had frames;
+    decoding seconds; per encoder: embedding seconds)."""
     k = cfg.frames_per_segment
-    frames = epic.segment_frames(cfg.data_dir, segments, k, encoder.preprocess.input_size, missing)
-    out: dict[int, torch.Tensor] = {}
+    frames = epic.segment_frames(cfg.data_dir, segments, k, encs[0].preprocess.input_size, missing)
+    out: list[dict[int, torch.Tensor]] = [{} for _ in encs]
+    embed_s = [0.0] * len(encs)
+    start = time.perf_counter()
     with tqdm(total=len(segments), desc=desc, unit="seg", leave=False) as bar:
         for idx, batch in _batches(frames, max(1, cfg.batch_size // k)):
             images = torch.from_numpy(batch).permute(0, 3, 1, 2)  # (B*K, 3, H, W)
-            feats = encoder.embed(images).reshape(len(idx), k, -1)
-            for i, f in zip(idx, feats, strict=True):
-                out[i] = f.mean(0) if cfg.aggregate == "mean" else f
+            for j, encoder in enumerate(encs):
+                t = time.perf_counter()
+                feats = encoder.embed(images).reshape(len(idx), k, -1)
+                for i, f in zip(idx, feats, strict=True):
+                    out[j][i] = f.mean(0) if cfg.aggregate == "mean" else f
+                embed_s[j] += time.perf_counter() - t
             bar.update(len(idx))
-    keep = sorted(out)
+    decode_s = time.perf_counter() - start - sum(embed_s)
+    keep = sorted(out[0])
     if not keep:
-        return torch.empty(0), keep
-    return torch.stack([out[i] for i in keep]).contiguous(), keep
+        return [torch.empty(0) for _ in encs], keep, decode_s, embed_s
+    return [torch.stack([o[i] for i in keep]).contiguous() for o in out], keep, decode_s, embed_s
 
 
 def _batches(frames: Iterator[tuple[int, np.ndarray]], segments_per_batch: int
@@ -223,15 +260,24 @@ def features_config(args: argparse.Namespace) -> FeaturesConfig:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_encoder_arguments(p)
+    add_encoder_arguments(p, rows_help="every row of report.encoders, each into out/features/KEY, the frames "
+                                       "decoded once for all (the DVC stage)")
     p.add_argument("--out", type=Path, help="output folder (default out/features/<encoder>)")
 
 
 def main(args: argparse.Namespace) -> int:
     cfg = features_config(args)
-    spec = args.encoder or args.checkpoint
-    out = args.out or default_dir(FEATURES_ROOT, spec)
-    res = run_features(cfg, spec, out)
-    counts = ", ".join(f"{s} {n} segments ({res.skipped[s]} skipped)" for s, n in res.segments.items())
-    print(f"features of {spec}: {counts}, {res.images_per_s:.1f} images/s -> {res.out_dir}")
+    if args.rows:
+        if args.out:
+            raise HandEyeError("--out names one encoder's folder; --rows writes out/features/KEY per report row")
+        from handeye.report import ReportConfig
+
+        rows = load_config(ReportConfig, "report", args.params, {}).rows()
+        targets = [(row.encoder, FEATURES_ROOT / key) for key, row in rows.items()]
+    else:
+        spec = args.encoder or args.checkpoint
+        targets = [(spec, args.out or default_dir(FEATURES_ROOT, spec))]
+    for (spec, _), res in zip(targets, run_features_many(cfg, targets), strict=True):
+        counts = ", ".join(f"{s} {n} segments ({res.skipped[s]} skipped)" for s, n in res.segments.items())
+        print(f"features of {spec}: {counts}, {res.images_per_s:.1f} images/s -> {res.out_dir}")
     return 0

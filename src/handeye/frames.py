@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import hashlib
 import io
 import math
@@ -31,9 +32,10 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from tqdm import tqdm
@@ -427,8 +429,10 @@ def run_frames(cfg: FramesConfig, input_dir: str | Path, out_dir: str | Path, en
     root, out = Path(input_dir), Path(out_dir)
     warn = Warnings()
     sources = discover(root, cfg, warn)
-    if cfg.dedup and encoder is None:
-        encoder = dedup.load_dedup_encoder(cfg.dedup_encoder)
+    # Loaded at the first source with frames to compare: a folder of images (each its own source) never needs
+    # it, and loading the DINOv3 stand-in costs ~6 s (transformers' imports).
+    dedup_encoder = functools.cache(lambda: encoder if encoder is not None
+                                    else dedup.load_dedup_encoder(cfg.dedup_encoder))
     corpus = dedup.CorpusIndex(cfg.dedup_threshold) if cfg.dedup and cfg.dedup_global else None
 
     with repro.atomic_dir(out) as tmp:
@@ -444,7 +448,7 @@ def run_frames(cfg: FramesConfig, input_dir: str | Path, out_dir: str | Path, en
                 warn(src.name, str(e).removeprefix(f"{src.name}: ") + "; skipped")
                 per_video[src.name] = {"status": "failed", "reason": str(e)}
                 continue
-            keep = dedup_mask(ex.frames, cfg, encoder, corpus)
+            keep = dedup_mask(ex.frames, cfg, dedup_encoder, corpus)
             for j in np.flatnonzero(keep):
                 writer.add(src, ex.indices[j], ex.timestamps[j], ex.frames[j])
             kept, dropped = int(keep.sum()), int((~keep).sum())
@@ -471,13 +475,14 @@ def run_frames(cfg: FramesConfig, input_dir: str | Path, out_dir: str | Path, en
     return result
 
 
-def dedup_mask(frames: np.ndarray, cfg: FramesConfig, encoder, corpus) -> np.ndarray:
-    """frames: uint8 (n, R, R, 3) of one source -> bool (n,) of the frames to keep."""
+def dedup_mask(frames: np.ndarray, cfg: FramesConfig, get_encoder: Callable[[], Any], corpus) -> np.ndarray:
+    """frames: uint8 (n, R, R, 3) of one source -> bool (n,) of the frames to keep; ``get_encoder()``: the
+    dedup encoder, called only when there is something to compare."""
     from handeye import dedup
 
     keep = np.ones(len(frames), dtype=bool)
     if cfg.dedup and (corpus is not None or len(frames) > 1):  # an image alone has no duplicate in its video
-        emb = dedup.embed_frames(encoder, frames, cfg.dedup_batch)
+        emb = dedup.embed_frames(get_encoder(), frames, cfg.dedup_batch)
         keep = dedup.keep_within_video(emb, cfg.dedup_threshold)
         if corpus is not None:
             keep[keep] = corpus.keep_new(emb[keep])

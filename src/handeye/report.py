@@ -49,14 +49,14 @@ STANDIN_NOTE = ("Demo run on stand-in data and models: 'Ego10K' is the demo's re
 @dataclass(frozen=True)
 class EncoderRow:
     encoder: str  # registry name or checkpoint path given to `handeye features` / `handeye probe`
-    weights: str  # the file or folder DVC tracks as this encoder's weights (a dependency of features@KEY)
+    weights: str  # the file or folder DVC tracks as this encoder's weights (a dependency of stage features)
     label: str | None = None  # display name; None: the study's name for the row key
 
 
 @dataclass(frozen=True)
 class ReportConfig:
-    # row key -> {encoder, weights, label}: table rows in this order; each key gets the DVC stages
-    # features@KEY (output out/features/KEY) and a probe in stage `probe` (out/probe/KEY)
+    # row key -> {encoder, weights, label}: table rows in this order; each key gets
+    # out/features/KEY in stage `features` and out/probe/KEY in stage `probe`
     encoders: dict = field(default_factory=dict)
     probe_root: str = "out/probe"  # where `handeye probe --rows` writes KEY/metrics.json
     out_dir: str = "paper_figs"  # tables and figures

@@ -52,7 +52,7 @@ def use_deterministic_kernels() -> None:
     """``torch.use_deterministic_algorithms(True, warn_only=True)`` without importing the compiler.
 
     The public function imports ``torch._inductor.config`` (and with it Dynamo: 1.4-1.9 s per process, paid by
-    each of the ~25 pipeline stages) only to set a flag that matters to ``torch.compile``, which no stage uses.
+    every pipeline stage) only to set a flag that matters to ``torch.compile``, which no stage uses.
     So the kernel flag is set directly, and the compiler's flag too when something already imported it.
     warn_only: a few CPU ops have no deterministic twin and we would rather run than refuse.
     """
