@@ -96,8 +96,8 @@ def run_features_many(cfg: FeaturesConfig, targets: Sequence[tuple[str, Path]]) 
                 group = [(job, tmp) for job, tmp in zip(jobs, tmps, strict=True)
                          if job.encoder.preprocess.input_size == size]
                 missing = epic.MissingReport()
-                feats, keep, decode_s, embed_s = embed_segments(
-                    [job.encoder for job, _ in group], cfg, ann.segments, missing, desc=f"{name}, {len(group)} encoder(s)")
+                feats, keep, decode_s, embed_s = embed_segments([job.encoder for job, _ in group], cfg, ann.segments,
+                                                                missing, desc=f"{name}, {len(group)} encoder(s)")
                 missing.check(cfg.max_missing_fraction, f"{ann.source}")
                 if missing.skipped:
                     print(f"{name}: {missing.summary()}")
