@@ -89,14 +89,16 @@ def run_features_many(cfg: FeaturesConfig, targets: Sequence[tuple[str, Path]]) 
     jobs = [_Job(spec, Path(out), encoders.load_encoder(
         spec, models_root=cfg.models_root, weights_root=cfg.weights_root, pooling=cfg.pooling, device=cfg.device,
         batch_size=cfg.batch_size)) for spec, out in targets]
+    groups: dict[int, list[_Job]] = {}  # input size -> the encoders that share its decoding pass
+    for job in jobs:
+        groups.setdefault(job.encoder.preprocess.input_size, []).append(job)
     with contextlib.ExitStack() as stack:
-        tmps = [stack.enter_context(repro.atomic_dir(job.out_dir)) for job in jobs]
+        for job in jobs:
+            job.tmp = stack.enter_context(repro.atomic_dir(job.out_dir))
         for name, ann in splits.items():
-            for size in sorted({job.encoder.preprocess.input_size for job in jobs}):
-                group = [(job, tmp) for job, tmp in zip(jobs, tmps, strict=True)
-                         if job.encoder.preprocess.input_size == size]
+            for _, group in sorted(groups.items()):
                 missing = epic.MissingReport()
-                feats, keep, decode_s, embed_s = embed_segments([job.encoder for job, _ in group], cfg, ann.segments,
+                feats, keep, decode_s, embed_s = embed_segments([job.encoder for job in group], cfg, ann.segments,
                                                                 missing, desc=f"{name}, {len(group)} encoder(s)")
                 missing.check(cfg.max_missing_fraction, f"{ann.source}")
                 if missing.skipped:
@@ -105,23 +107,23 @@ def run_features_many(cfg: FeaturesConfig, targets: Sequence[tuple[str, Path]]) 
                 labels = {"verb": torch.tensor([s.verb_class for s in segs], dtype=torch.int64),
                           "noun": torch.tensor([s.noun_class for s in segs], dtype=torch.int64),
                           "narration_id": [s.narration_id for s in segs]}
-                for (job, tmp), f, seconds in zip(group, feats, embed_s, strict=True):
-                    repro.atomic_torch_save({"features": f, **labels}, tmp / f"{name}.pt")
+                for job, f, seconds in zip(group, feats, embed_s, strict=True):
+                    repro.atomic_torch_save({"features": f, **labels}, job.tmp / f"{name}.pt")
                     job.splits[name] = {"csv": str(ann.source), "segments": len(keep), "skipped": missing.skipped,
                                         "summary": missing.summary()}
                     job.timings |= {f"{name}_s": decode_s + seconds, f"{name}_decode_s": decode_s}
                     job.images += len(keep) * cfg.frames_per_segment
-        for job, tmp in zip(jobs, tmps, strict=True):
+        for job in jobs:
             total = sum(job.timings[f"{name}_s"] for name in splits)
             job.timings["images_per_s"] = job.images / total if total else 0.0
-            repro.atomic_write_json(tmp / "meta.json", {
+            repro.atomic_write_json(job.tmp / "meta.json", {
                 "cache_key": cache_key(cfg, job.spec), "encoder": job.encoder.name,
                 "embed_dim": job.encoder.embed_dim, "preprocess": dataclasses.asdict(job.encoder.preprocess),
                 "provenance": getattr(job.encoder, "provenance", {}), "aggregate": cfg.aggregate,
                 "frames_per_segment": cfg.frames_per_segment, "verbs": list(first.verbs),
                 "nouns": list(first.nouns), "splits": job.splits})
-            repro.atomic_write_json(tmp / "timings.json", job.timings)
-            repro.write_manifest(tmp, "features", {"encoder": job.spec, **dataclasses.asdict(cfg)}, cfg.seed)
+            repro.atomic_write_json(job.tmp / "timings.json", job.timings)
+            repro.write_manifest(job.tmp, "features", {"encoder": job.spec, **dataclasses.asdict(cfg)}, cfg.seed)
     return [FeaturesResult(job.out_dir, {s: m["segments"] for s, m in job.splits.items()},
                            {s: m["skipped"] for s, m in job.splits.items()}, job.timings["images_per_s"])
             for job in jobs]
@@ -134,6 +136,7 @@ class _Job:
     spec: str
     out_dir: Path
     encoder: encoders.Encoder
+    tmp: Path | None = None  # the temp folder atomic_dir swaps into out_dir once every cache is complete
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     images: int = 0
