@@ -32,7 +32,7 @@ def test_unknown_profile_is_one_line_error(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["profile", "nope"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("handeye: error: unknown profile 'nope'; known: demo, paper")
+    assert err.startswith("handeye: error: unknown profile 'nope'; known: demo, demo-long, paper")
     assert err.count("\n") == 1
 
 

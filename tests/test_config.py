@@ -5,7 +5,7 @@ from typing import Literal
 import pytest
 import yaml
 
-from handeye.config import deep_merge, load_config, resolve_profile
+from handeye.config import deep_merge, known_profiles, load_config, resolve_profile
 from handeye.errors import HandEyeError
 
 
@@ -59,7 +59,8 @@ def test_profiles(tmp_path):
 
 
 def test_repository_profiles_resolve():
-    """The shipped paper profile only overrides keys that params.yaml has."""
+    """Every shipped profile only overrides keys that params.yaml has."""
     root = Path(__file__).resolve().parents[1]
-    for name in ("demo", "paper"):
+    assert known_profiles(root / "configs") == ["demo", "demo-long", "paper"]
+    for name in known_profiles(root / "configs"):
         assert resolve_profile(name, root / "params.yaml", root / "configs")
