@@ -22,7 +22,7 @@ from handeye.pretrain import PretrainConfig, build_model, initialise, lr_factor,
 
 TINY = {"arch": "vit_test_patch8_32", "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2,
         "batch_size": 8, "epochs": 2, "warmup_epochs": 1, "preview_images": 2, "precision": "fp32",
-        "threads": 1}
+        "threads": 1, "checkpoint_every_s": 0}
 
 
 def write_frames(root: Path, n: int = 24, size: int = 40, seed: int = 0) -> Path:
@@ -77,6 +77,25 @@ def test_run_writes_every_output_and_rerun_resumes(tmp_path, frames, capsys):
     again = run_pretrain(cfg(), frames, out)  # same command, same folder: nothing left to train
     assert again.epochs_run == 0 and "resuming" in capsys.readouterr().out
     assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_short_epochs_are_checkpointed_together_and_the_last_always(tmp_path, frames, monkeypatch):
+    from handeye import pretrain
+
+    saved, save = [], pretrain.repro.atomic_torch_save
+
+    def recording_save(obj, path):
+        if Path(path).name == "checkpoint.pt":
+            saved.append(obj["epoch"])
+        save(obj, path)
+
+    monkeypatch.setattr(pretrain.repro, "atomic_torch_save", recording_save)
+    run_pretrain(cfg(epochs=3, checkpoint_every_s=3600), frames, tmp_path / "run")
+    assert saved == [0, 3]  # the start (a kill before the first epoch resumes there) and the end
+    assert len((tmp_path / "run/live/plots/metrics/train/loss.tsv").read_text().splitlines()) == 1 + 3
+    saved.clear()
+    run_pretrain(cfg(epochs=3), frames, tmp_path / "every")  # interval 0: after every epoch
+    assert saved == [0, 1, 2, 3]
 
 
 def test_same_params_give_identical_checkpoints(tmp_path, frames):

@@ -60,6 +60,8 @@ class PretrainConfig:
     threads: int = 2  # CPU threads; the bits of a run depend on it (FIELD_NOTES)
     num_workers: int = 0  # DataLoader workers; frames are memory-mapped, so 0 is fast on small machines
     seed: int = 0  # seeds init, masking, augmentation and shuffling
+    checkpoint_every_s: float = 60.0  # wall seconds between checkpoints (and dvclive updates); the last epoch
+    # is always saved. The demo's 1-2 s epochs would otherwise spend a tenth of their time saving
     preview_images: int = 6  # frames shown in preview.png
     license: str = "MIT (trained by HandEye on the demo data)"  # travels in encoder.pt's preprocessing
 
@@ -284,11 +286,13 @@ def write_live(out_dir: Path, history: list[dict]) -> None:
 
 @torch.no_grad()
 def save_preview(model: MaskedAutoencoder, frames, cfg: PretrainConfig, path: Path) -> None:
-    """Original, masked input and reconstruction of the first frames, with a fixed mask."""
-    import matplotlib.pyplot as plt
-    from torchvision.transforms import v2
+    """Rows: original, masked input and reconstruction of the first frames, with a fixed mask.
 
-    from handeye.plotting import save_figure
+    Drawn with PIL rather than matplotlib, whose import and layout cost ~1.3 s in each pretraining stage.
+    """
+    from PIL import Image, ImageDraw
+    from torchvision.transforms import v2
+    from torchvision.utils import make_grid
 
     n = min(cfg.preview_images, len(frames))
     size = model.arch.img_size
@@ -302,14 +306,17 @@ def save_preview(model: MaskedAutoencoder, frames, cfg: PretrainConfig, path: Pa
     recon = model.reconstruct(x, pred, mask)
     masked = model.unpatchify(model.patchify(x) * (1 - mask).unsqueeze(-1))
     mean, std = torch.tensor(pre.mean).view(1, 3, 1, 1), torch.tensor(pre.std).view(1, 3, 1, 1)
-    rows = [(t * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy() for t in (x, masked, recon)]
-    fig, axes = plt.subplots(3, n, figsize=(1.4 * n, 4.4), squeeze=False)
-    for r, (title, imgs) in enumerate(zip(("original", f"masked {cfg.mask_ratio:.0%}", "reconstruction"), rows)):
-        for c in range(n):
-            axes[r, c].imshow(imgs[c])
-            axes[r, c].set_axis_off()
-        axes[r, 0].set_title(title, fontsize=8, loc="left")
-    save_figure(fig, path)
+    rows = torch.cat([(t * std + mean).clamp(0, 1) for t in (x, masked, recon)])
+    pad, zoom, margin = 2, max(1, 128 // size), 120  # small demo frames are drawn at 2x
+    grid = (make_grid(rows, nrow=n, padding=pad, pad_value=1.0) * 255).round().byte().permute(1, 2, 0).numpy()
+    image = Image.fromarray(grid).resize((grid.shape[1] * zoom, grid.shape[0] * zoom), Image.Resampling.NEAREST)
+    canvas = Image.new("RGB", (margin + image.width, image.height), "white")
+    canvas.paste(image, (margin, 0))
+    draw, row = ImageDraw.Draw(canvas), (size + pad) * zoom
+    for r, title in enumerate(("original", f"masked {cfg.mask_ratio:.0%}", "reconstruction")):
+        draw.text((6, pad * zoom + r * row + size * zoom // 2), title, fill="black", anchor="lm")
+    with repro.atomic_path(path, suffix=".png") as tmp:
+        canvas.save(tmp)
 
 
 def export_encoder(model: MaskedAutoencoder, cfg: PretrainConfig, out_dir: Path, ckpt: dict) -> None:
@@ -358,13 +365,15 @@ def run_pretrain(cfg: PretrainConfig, data_dir: str | Path, out_dir: str | Path,
         repro.atomic_torch_save(ckpt, path)  # epoch 0: a kill before the first epoch resumes here too
 
     start, first = time.perf_counter(), ckpt["epoch"]
-    history = list(ckpt["history"])
+    history, saved = list(ckpt["history"]), start
     for epoch in tqdm(range(first, cfg.epochs), desc="pretrain", unit="epoch", initial=first, total=cfg.epochs):
         loss = train_one_epoch(model, make_loader(data, cfg, epoch), optimizer, scheduler, cfg, device, amp, epoch)
         history.append({"epoch": epoch + 1, "loss": loss, "lr": scheduler.get_last_lr()[0]})
-        ckpt = checkpoint_state(model, optimizer, scheduler, epoch + 1, history, config, init)
-        repro.atomic_torch_save(ckpt, path)
-        write_live(out_dir, history)
+        if epoch + 1 == cfg.epochs or time.perf_counter() - saved >= cfg.checkpoint_every_s:
+            ckpt = checkpoint_state(model, optimizer, scheduler, epoch + 1, history, config, init)
+            repro.atomic_torch_save(ckpt, path)
+            write_live(out_dir, history)
+            saved = time.perf_counter()
     seconds = time.perf_counter() - start
 
     write_live(out_dir, history)
