@@ -4,7 +4,8 @@
         --init imagenet --freeze-blocks 6
 
 Every other knob is in the ``pretrain`` section of params.yaml (``PretrainConfig``). The output folder holds
-``checkpoint.pt`` (the full training state, rewritten atomically after every epoch), and at the end
+``checkpoint.pt`` (the full training state, rewritten atomically after an epoch once ``checkpoint_every_s``
+has passed, and after the last), and at the end
 ``encoder.pt`` (a HandEye encoder export), ``preview.png`` (reconstructions), ``live/`` (dvclive: loss per
 epoch), ``timings.json`` and ``run_manifest.json``. Rerunning the same command on the same folder resumes from
 ``checkpoint.pt``; a run killed at any moment ends, once rerun, with the same bytes as an uninterrupted one.
