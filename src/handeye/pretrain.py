@@ -377,7 +377,8 @@ def run_pretrain(cfg: PretrainConfig, data_dir: str | Path, out_dir: str | Path,
             saved = time.perf_counter()
     seconds = time.perf_counter() - start
 
-    write_live(out_dir, history)
+    if first == cfg.epochs:  # no epoch ran (an export without training, or a finished run resumed)
+        write_live(out_dir, history)
     export_encoder(model, cfg, out_dir, ckpt)
     save_preview(model, frames, cfg, out_dir / "preview.png")
     images = (cfg.epochs - first) * iters * cfg.batch_size
