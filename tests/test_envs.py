@@ -8,9 +8,9 @@ import torch
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from handeye.envs import base, rewards  # noqa: E402
-from handeye.envs.base import EnvConfig  # noqa: E402
-from handeye.vit import Preprocess  # noqa: E402
+from handeye.envs import base, rewards
+from handeye.envs.base import EnvConfig
+from handeye.vit import Preprocess
 
 EMBED_DIM = 6
 
@@ -60,7 +60,7 @@ def test_observation_groups_and_shapes(env):
 
 
 def test_step_contract(env):
-    obs, rew, dones, extras = env.step(torch.zeros(2, 20))
+    _obs, rew, dones, extras = env.step(torch.zeros(2, 20))
     assert rew.shape == (2,) and rew.dtype == torch.float32
     assert dones.shape == (2,) and dones.dtype == torch.long
     assert extras["time_outs"].shape == (2,) and extras["time_outs"].dtype == torch.bool

@@ -43,7 +43,7 @@ def _frame_image(n: int) -> Image.Image:
 
 
 def _decode_number(frame: np.ndarray) -> int:
-    r, g, b = (int(round(c / 16)) for c in frame.reshape(-1, 3).mean(0))
+    r, g, b = (round(c / 16) for c in frame.reshape(-1, 3).mean(0))
     return r + 16 * g + 256 * b
 
 
@@ -87,9 +87,9 @@ def test_video_and_tar_give_the_same_frames(tmp_path):
     a = dict(epic.segment_frames(tar_root, ann.segments, 3))
     b = dict(epic.segment_frames(vid_root, epic.load_split(vid_root, "train").segments, 3))
     assert a.keys() == b.keys() and len(a) == len(ann.segments)
-    for i in a:
-        assert a[i].shape == b[i].shape == (3, 40, 56, 3)
-        assert np.abs(a[i].astype(int) - b[i].astype(int)).mean() < 6  # JPEG vs H.264 rounding only
+    for i, frames in a.items():
+        assert frames.shape == b[i].shape == (3, 40, 56, 3)
+        assert np.abs(frames.astype(int) - b[i].astype(int)).mean() < 6  # JPEG vs H.264 rounding only
     # frames of another segment differ far more: the match above is not trivially true
     assert np.abs(a[0].astype(int) - b[1].astype(int)).mean() > 6 or \
         ann.segments[0].noun_class == ann.segments[1].noun_class
@@ -134,7 +134,7 @@ def test_missing_frames_in_a_tar_are_counted(tmp_path):
 def test_segment_past_the_end_of_a_video_is_counted(tmp_path):
     root = epic.write_synthetic_layout(tmp_path, videos=("P01_01",), segments_per_video=4, source="video")
     path = root / "annotations" / "EPIC_100_train.csv"
-    rows = list(csv.reader(open(path)))
+    rows = list(csv.reader(path.read_text().splitlines()))
     rows[-1][4], rows[-1][5] = "00:01:00.00", "00:01:02.00"  # far beyond the 0.8 s video
     with open(path, "w", newline="") as f:
         csv.writer(f).writerows(rows)
@@ -147,7 +147,7 @@ def test_segment_past_the_end_of_a_video_is_counted(tmp_path):
 
 
 def _edit_csv(path: Path, edit) -> None:
-    rows = list(csv.DictReader(open(path)))
+    rows = list(csv.DictReader(path.read_text().splitlines()))
     header = list(rows[0].keys())
     rows, header = edit(rows, header)
     with open(path, "w", newline="") as f:

@@ -40,7 +40,7 @@ class BlockEncoder:
 
 
 def config(**kw) -> frames.FramesConfig:
-    base = dict(resolution=RES, fps=None, every_n=1, dedup=False, shard_size=16)
+    base = {"resolution": RES, "fps": None, "every_n": 1, "dedup": False, "shard_size": 16}
     return frames.FramesConfig(**{**base, **kw})
 
 
@@ -283,7 +283,7 @@ def test_global_dedup_drops_a_copy_of_another_video(corpus, tmp_path):
     src.mkdir()
     for name in ("a.mp4", "b.mp4"):
         (src / name).write_bytes((corpus / "h264.mp4").read_bytes())
-    kw = dict(every_n=10, dedup=True, dedup_threshold=0.99)
+    kw = {"every_n": 10, "dedup": True, "dedup_threshold": 0.99}
     local = run(config(**kw), src, tmp_path / "local", encoder=BlockEncoder())
     both = run(config(**kw, dedup_global=True), src, tmp_path / "global", encoder=BlockEncoder())
     assert local.frames_kept == 12

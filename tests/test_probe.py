@@ -171,7 +171,7 @@ def test_per_frame_features(layout, tmp_path):
 @pytest.fixture
 def workdir(layout, tmp_path, monkeypatch):
     """A working folder with a params.yaml like the repository's, pointing at the synthetic layout."""
-    params = yaml.safe_load(open(Path(__file__).resolve().parents[1] / "params.yaml"))
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     params["features"].update(data_dir=str(layout / "epic"), frames_per_segment=2, batch_size=32)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)

@@ -60,10 +60,9 @@ def test_atomic_write_replaces_whole_file(tmp_path):
 def test_atomic_path_exception_leaves_old_file_and_no_temp(tmp_path):
     p = tmp_path / "out.bin"
     p.write_bytes(b"old")
-    with pytest.raises(RuntimeError):
-        with repro.atomic_path(p) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError), repro.atomic_path(p) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("crash mid-write")
     assert p.read_bytes() == b"old"
     assert sorted(f.name for f in tmp_path.iterdir()) == ["out.bin"]
 
@@ -80,7 +79,7 @@ def test_sigkill_mid_write_leaves_no_complete_looking_file(tmp_path):
                 print("written", flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert proc.returncode == -signal.SIGKILL
     assert "written" in proc.stdout
     assert not target.exists()
@@ -100,9 +99,9 @@ def test_atomic_torch_save_bytes_do_not_depend_on_temp_name(tmp_path):
 def test_atomic_torch_save_bytes_do_not_depend_on_object_identity(tmp_path):
     """A resumed run reads its strings back from a checkpoint; an uninterrupted one shares them. Pickle writes
     a shared object as a back-reference, so without canonicalising the two would differ in bytes."""
-    name = "".join(["vit", "_demo"])  # built at run time: not the interned literal
+    name = "".join(["vit", "_demo"])  # noqa: FLY002  (built at run time: not the interned literal)
     shared = {"arch": name, "config": {"arch": name}, "dims": (1, 2)}
-    separate = {"arch": "".join(["vit_", "demo"]), "config": {"arch": "vit_demo"}, "dims": (1, 2)}
+    separate = {"arch": "".join(["vit_", "demo"]), "config": {"arch": "vit_demo"}, "dims": (1, 2)}  # noqa: FLY002
     assert shared["arch"] is shared["config"]["arch"] and separate["arch"] is not separate["config"]["arch"]
     repro.atomic_torch_save(shared, tmp_path / "a" / "m.pt")
     repro.atomic_torch_save(separate, tmp_path / "b" / "m.pt")
@@ -176,3 +175,13 @@ def test_package_versions_agree_with_importlib_metadata():
     names = ("torch", "numpy", "dvc", "pillow", "rsl-rl-lib", "no-such-package-xyz")
     expected = {n: metadata.version(n) for n in names[:-1]} | {names[-1]: None}
     assert repro.package_versions(names) == expected
+
+
+@pytest.mark.parametrize(("given", "seen"), [(None, "PASSIVE"), ("", None), ("ACTIVE", "ACTIVE")])
+def test_omp_wait_policy_defaults_to_passive_and_empty_opts_out(given, seen):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import os, handeye; print(repr(os.environ.get('OMP_WAIT_POLICY')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.strip() == repr(seen)

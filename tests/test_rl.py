@@ -1,6 +1,5 @@
 """The rl stage: a few PPO iterations with a fake encoder, bit-for-bit metrics, resume, bad inputs, figures."""
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -10,11 +9,12 @@ import yaml
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from handeye import cli  # noqa: E402
-from handeye.errors import HandEyeError  # noqa: E402
-from handeye.envs.base import EnvConfig  # noqa: E402
-from handeye.rl import RLConfig, run_name, run_rl, train_cfg  # noqa: E402
-from test_envs import FakeEncoder  # noqa: E402
+from test_envs import FakeEncoder
+
+from handeye import cli
+from handeye.envs.base import EnvConfig
+from handeye.errors import HandEyeError
+from handeye.rl import RLConfig, run_name, run_rl, train_cfg
 
 
 def tiny(out_dir: Path, **kw) -> RLConfig:

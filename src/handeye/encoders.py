@@ -168,7 +168,7 @@ def load_encoder(spec: str, *, models_root: str | Path = MODELS_ROOT, weights_ro
 
     seed: only for ``random:<arch>``; pooling: "cls" (the MAE/DINOv3 probe default) or "mean" of patches.
     """
-    kw = dict(pooling=pooling, device=device, batch_size=batch_size)
+    kw = {"pooling": pooling, "device": device, "batch_size": batch_size}
     if spec in REGISTRY:
         entry, path = REGISTRY[spec], registry_path(spec, Path(models_root), Path(weights_root))
         if entry.kind == "export":

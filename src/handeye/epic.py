@@ -13,6 +13,7 @@ instants whether read from the JPEG tar (frame numbers) or the video (timestamps
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import tarfile
@@ -209,14 +210,14 @@ def _tar_segments(tar_path: Path, segs: list[Segment], idx: list[int], k: int, s
                   missing: MissingReport) -> Iterator[tuple[int, np.ndarray]]:
     from PIL import Image
 
-    try:
-        tar = tarfile.open(tar_path)
-        members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-    except (tarfile.TarError, OSError) as e:
-        for _ in segs:
-            missing.add("unreadable frame tar", f"{tar_path} ({e})")
-        return
-    with tar:
+    with contextlib.ExitStack() as stack:
+        try:
+            tar = stack.enter_context(tarfile.open(tar_path))
+            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+        except (tarfile.TarError, OSError) as e:
+            for _ in segs:
+                missing.add("unreadable frame tar", f"{tar_path} ({e})")
+            return
         for i, seg in zip(idx, segs, strict=True):
             names = [f"frame_{n:010d}.jpg" for n in seg.frame_numbers(k)]
             absent = [n for n in names if n not in members]

@@ -206,14 +206,14 @@ def epic_video_fps(path: Path) -> dict[str, float]:
 def sample_indices(num_frames: int, fps: float, cfg: FramesConfig, start: float = 0.0,
                    stop: float | None = None) -> list[int]:
     """Frame indices to extract from [start, stop] seconds (default: the whole video)."""
-    first = int(math.floor(start * fps + 1e-6))
-    last = num_frames - 1 if stop is None else min(num_frames - 1, int(math.floor(stop * fps + 1e-6)))
+    first = math.floor(start * fps + 1e-6)
+    last = num_frames - 1 if stop is None else min(num_frames - 1, math.floor(stop * fps + 1e-6))
     if last < first:
         return []
     if cfg.fps is None:
         return list(range(first, last + 1, cfg.every_n or 1))
-    count = int(math.floor((last + 1 - first) / fps * cfg.fps - 1e-9)) + 1
-    return sorted({min(last, first + int(math.floor(k * fps / cfg.fps + 1e-6))) for k in range(count)})
+    count = math.floor((last + 1 - first) / fps * cfg.fps - 1e-9) + 1
+    return sorted({min(last, first + math.floor(k * fps / cfg.fps + 1e-6)) for k in range(count)})
 
 
 def resize_crop(frame: np.ndarray, resolution: int) -> np.ndarray:

@@ -11,9 +11,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from handeye.repro import atomic_path  # noqa: E402
+from handeye.repro import atomic_path
 
 _METADATA = {
     ".png": {"Software": None},
@@ -28,8 +28,8 @@ def save_figure(fig, path: str | Path, dpi: int = 150) -> Path:
     suffix = path.suffix.lower()
     if suffix not in _METADATA:
         raise ValueError(f"unsupported figure format {suffix}; use one of {', '.join(_METADATA)}")
-    with matplotlib.rc_context({"svg.hashsalt": "handeye", "svg.fonttype": "none"}):
-        with atomic_path(path, suffix=suffix) as tmp:
-            fig.savefig(tmp, dpi=dpi, metadata=_METADATA[suffix], bbox_inches="tight")
+    with (matplotlib.rc_context({"svg.hashsalt": "handeye", "svg.fonttype": "none"}),
+          atomic_path(path, suffix=suffix) as tmp):
+        fig.savefig(tmp, dpi=dpi, metadata=_METADATA[suffix], bbox_inches="tight")
     plt.close(fig)
     return path

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from handeye.errors import HandEyeError
 from handeye.config import PARAMS_FILE, PROFILES_DIR, resolve_profile
+from handeye.errors import HandEyeError
 from handeye.repro import atomic_write_text
-
 
 HEADER = "# Resolved by `handeye profile "
 

@@ -204,7 +204,8 @@ def git_state(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
 
     def run(*args: str) -> str | None:
         try:
-            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10,
+                                 check=False)
         except (OSError, subprocess.TimeoutExpired):
             return None
         return out.stdout.strip() if out.returncode == 0 else None

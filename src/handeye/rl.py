@@ -132,7 +132,7 @@ class DvcLiveWriter(LogWriter):
 class Runner(OnPolicyRunner):
     """OnPolicyRunner whose checkpoints are atomic, carry the resolved config, and resume at it + 1."""
 
-    config: dict[str, Any] = {}
+    config: dict[str, Any] | None = None  # the resolved RLConfig (run_rl sets it)
 
     def save(self, path: str, infos: dict | None = None) -> None:
         state = self.alg.save()
@@ -147,7 +147,7 @@ class Runner(OnPolicyRunner):
 
     def quiet(self) -> Runner:
         # rsl-rl would write a git diff of every repository it finds; the run manifest records the commit.
-        self.logger._store_code_state = lambda: []
+        self.logger._store_code_state = list
         return self
 
 

@@ -60,7 +60,7 @@ class VideoInfo:
 
     def index_at(self, t: float) -> int:
         """0-based index of the frame shown at time ``t`` seconds (constant frame rate)."""
-        return int(math.floor(t * self.fps + 1e-6))
+        return math.floor(t * self.fps + 1e-6)
 
 
 def probe(path: str | Path) -> VideoInfo:
@@ -85,7 +85,7 @@ def probe(path: str | Path) -> VideoInfo:
                 duration = container.duration / 1_000_000
             else:
                 duration = 0.0
-            num_frames = int(s.frames) or int(round(duration * fps))
+            num_frames = int(s.frames) or round(duration * fps)
             if num_frames <= 0:
                 raise VideoError(f"{path}: zero frames")
             return VideoInfo(path, ctx.name, fps, num_frames, int(ctx.width), int(ctx.height), duration)

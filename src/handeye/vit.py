@@ -120,7 +120,7 @@ def load_state(path: str | Path) -> dict[str, Any]:
         raise HandEyeError(f"checkpoint {path} not found")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError or zipfile errors here
+    except Exception as e:  # noqa: BLE001  (torch raises UnpicklingError, RuntimeError or zipfile errors)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise HandEyeError(f"{path} is not a plain state dict that can be loaded safely ({first[:200]})") from None
     if not isinstance(obj, dict):
@@ -252,7 +252,7 @@ def hf_to_mae_keys(hf: dict[str, torch.Tensor], source: str) -> dict[str, torch.
     qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     unknown = []
     for key, value in hf.items():
-        bare = key[len("vit."):] if key.startswith("vit.") else key
+        bare = key.removeprefix("vit.")
         if bare in _HF_TOP:
             out[_HF_TOP[bare]] = value
         elif key.startswith("decoder.") and not _HF_DECODER_BLOCK.match(key):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+# isort: split
 import isaaclab.sim as sim_utils
 from isaaclab.assets import Articulation, RigidObject
 from isaaclab.scene import InteractiveSceneCfg
@@ -23,7 +24,7 @@ from handeye.envs import rewards
 from handeye.envs.base import NUM_CAMERAS, PRIVILEGED_DIM, PROPRIO_DIM, policy_obs, privileged_obs
 from handeye.envs.isaaclab.views import CAMERA_PATHS, CAMERA_PRIM, CAMERAS, look_at_quat, split_views
 
-PINHOLE = dict(focal_length=24.0, focus_distance=400.0, horizontal_aperture=20.955, clipping_range=(0.1, 20.0))
+PINHOLE = {"focal_length": 24.0, "focus_distance": 400.0, "horizontal_aperture": 20.955, "clipping_range": (0.1, 20.0)}
 
 
 @configclass
