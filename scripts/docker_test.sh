@@ -39,12 +39,22 @@ if [ ! -f "$WHEELHOUSE/.complete" ] || [ requirements.lock -nt "$WHEELHOUSE/.com
   touch "$WHEELHOUSE/.complete"
 fi
 
-# --layers=false commits one layer: with vfs every layer is a full copy of the ~6 GB file system.
+# --layers=false commits one layer: with vfs every layer is a full copy of the ~7.6 GB file system, and the
+# build holds two (the working container and the committed layer). With less room it fails deep inside
+# podman ("io: read/write on closed pipe"), so check first.
+MIN_FREE_GB=${MIN_FREE_GB:-16}
+free_gb=$(df -Pk "$DOCKER_CACHE" | awk 'NR == 2 {print int($4 / 1048576)}')
+if [ "$free_gb" -lt "$MIN_FREE_GB" ]; then
+  echo "docker-test: $free_gb GB free under $DOCKER_CACHE, the image build needs about $MIN_FREE_GB GB;" \
+       "free some space or set DOCKER_CACHE to a larger disk" >&2
+  exit 1
+fi
 step "building $IMAGE from docker/Dockerfile"
 "${PODMAN[@]}" build --layers=false "${ULIMITS[@]}" -f docker/Dockerfile -t "$IMAGE" \
   --build-arg BASE="$BASE_IMAGE" --build-arg WHEELHOUSE=/wheels -v "$WHEELHOUSE:/wheels:ro" . \
   > "$DOCKER_CACHE/build.log" 2>&1 \
   || { tail -n 40 "$DOCKER_CACHE/build.log" >&2; echo "docker-test: build failed, log: $DOCKER_CACHE/build.log" >&2; exit 1; }
+"${PODMAN[@]}" image prune --force > /dev/null  # the image this build replaced, now untagged (7.6 GB with vfs)
 step "image built ($("${PODMAN[@]}" image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.1f GB", $1/1e9}'))"
 
 "${PODMAN[@]}" run --rm "${ULIMITS[@]}" "$IMAGE" handeye --help > /dev/null

@@ -24,7 +24,8 @@ from handeye.envs import rewards
 from handeye.envs.base import NUM_CAMERAS, PRIVILEGED_DIM, PROPRIO_DIM, policy_obs, privileged_obs
 from handeye.envs.isaaclab.views import CAMERA_PATHS, CAMERA_PRIM, CAMERAS, look_at_quat, split_views
 
-PINHOLE = {"focal_length": 24.0, "focus_distance": 400.0, "horizontal_aperture": 20.955, "clipping_range": (0.1, 20.0)}
+PINHOLE = {"focal_length": 24.0, "focus_distance": 400.0, "horizontal_aperture": 20.955,
+           "clipping_range": (0.1, 20.0)}
 
 
 @configclass
