@@ -3,7 +3,16 @@
 # then .venv with the exact versions of requirements.lock and the package in editable mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
+# The interpreter: $PYTHON if given; else Debian's own python3.11 where it can make a venv; else python3.
+# Debian builds it with PGO and LTO and links libpython statically; a source build without them (pyenv's
+# default, the python3 first on PATH here) started the pipeline's processes ~20% slower: `import torch, timm`
+# and a no-op `dvc repro` (benchmarks/bench_startup.py; README, Quick start).
+if [ -z "${PYTHON:-}" ]; then
+  PYTHON=python3
+  if [ -x /usr/bin/python3.11 ] && /usr/bin/python3.11 -c 'import ensurepip, venv' 2>/dev/null; then
+    PYTHON=/usr/bin/python3.11
+  fi
+fi
 VENV=${VENV:-.venv}
 
 # MuJoCo renders offscreen through EGL on Mesa's llvmpipe (FIELD_NOTES); git is needed by dvc.
@@ -18,7 +27,10 @@ fi
 
 "$PYTHON" -c 'import sys; assert sys.version_info[:2] in ((3, 11), (3, 12)), sys.version' 2>/dev/null \
   || { echo "setup: error: Python 3.11 or 3.12 is needed, $PYTHON is $("$PYTHON" --version 2>&1)" >&2; exit 2; }
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV with $PYTHON ($("$PYTHON" --version 2>&1))"
+  "$PYTHON" -m venv "$VENV"
+fi
 # The grep drops pip's notices about local extra indexes some machines configure.
 quiet() { { grep -v "is ignored: it is neither a file nor a directory" || true; }; }
 "$VENV/bin/python" -m pip install -q --upgrade "pip>=24" 2>&1 | quiet

@@ -121,6 +121,16 @@ def test_probe_learns_and_is_deterministic(cache, tmp_path):
     assert metrics["action_top5"] >= metrics["action_top1"]
 
 
+def test_probe_curves_have_one_row_per_epoch_and_the_summary_the_last_step(cache, tmp_path):
+    probe.run_probe(FAST, cache, tmp_path / "p")
+    assert json.loads((tmp_path / "p" / "metrics.json").read_text())["step"] == FAST.epochs - 1
+    curves = tmp_path / "p" / "plots" / "metrics"
+    for name in ["train/loss", *(f"val/{m}" for m in probe.METRICS)]:
+        rows = (curves / f"{name}.tsv").read_text().splitlines()
+        assert rows[0].split("\t")[0] == "step"
+        assert [int(r.split("\t")[0]) for r in rows[1:]] == list(range(FAST.epochs)), name
+
+
 def test_one_decoding_pass_for_many_encoders_gives_each_the_bytes_of_its_own_run(layout, tmp_path):
     """run_features_many decodes once per input size; every cache equals that encoder's lone run."""
     torch.manual_seed(1)
