@@ -175,7 +175,7 @@ def run_probe(cfg: ProbeConfig, features_dir: str | Path, out_dir: str | Path,
                 loss = train_one_epoch(model, opt, x, verb, noun, epoch, cfg, lr, gen)
                 metrics = evaluate(model, val["features"], val["verb"], val["noun"])
                 # Setting the step instead of next_step(): next_step() rewrites the summary, re-reads every
-                # curve and fsyncs a VS Code signal file each epoch (~1 s per 100-epoch probe on the demo).
+                # curve and fsyncs a VS Code signal file each epoch (0.7-2.5 s per 100-epoch probe on the demo).
                 live.step = epoch
                 live.log_metric("train/loss", loss)
                 for name in METRICS:
