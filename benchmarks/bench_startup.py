@@ -50,14 +50,16 @@ def main() -> int:
             for venv, python in zip(args.venv, pythons):
                 times[venv, task].append(timed(python, argv))
 
+    versions = {venv: subprocess.run([str(python), "-c", "import sys; print(sys.version.split()[0])"],
+                                     capture_output=True, text=True, check=True).stdout.strip()
+                for venv, python in zip(args.venv, pythons)}
     for task in TASKS:
         ref = statistics.mean(times[args.venv[0], task])
         for venv, python in zip(args.venv, pythons):
             t = times[venv, task]
-            version = subprocess.run([str(python), "-c", "import sys; print(sys.version.split()[0])"],
-                                     capture_output=True, text=True, check=True).stdout.strip()
-            line = (f"{task:18s} {venv:28s} (Python {version}, {python.resolve()}): mean {statistics.mean(t):.2f} s "
-                    f"[{min(t):.2f}-{max(t):.2f}], ratio to {args.venv[0]} {statistics.mean(t) / ref:.2f}")
+            line = (f"{task:18s} {venv:28s} (Python {versions[venv]}, {python.resolve()}): "
+                    f"mean {statistics.mean(t):.2f} s [{min(t):.2f}-{max(t):.2f}], "
+                    f"ratio to {args.venv[0]} {statistics.mean(t) / ref:.2f}")
             if task == "no-op dvc repro":
                 line += f", ratio to the {NOOP_TARGET_S:.0f} s target {statistics.mean(t) / NOOP_TARGET_S:.2f}"
             print(line)
