@@ -8,6 +8,7 @@ with PYTHONPATH pointing at the clone's src/ so that the stages execute the code
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -118,6 +119,17 @@ def test_every_template_in_dvc_yaml_exists_and_is_a_dvc_vega_lite_template():
         assert get_template(name, str(TEMPLATE_DIR)).content == spec
     for path in TEMPLATE_DIR.glob("*.json"):
         json.loads(path.read_text())  # an unreferenced template must still parse
+
+
+def test_rl_stage_declares_every_rl_setting_a_run_reads():
+    """The rl stage lists its params key by key (the whole section would include the run matrix, and adding a
+    run would then re-run every other). A field added to RLConfig but not to that list would go untracked:
+    changing it would leave `dvc repro` reusing stale runs."""
+    stage = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["rl"]
+    per_run = {"encoder", "seed"}  # the stage passes them as --encoder/--seed from its matrix
+    matrix = {"encoders", "seeds"}  # the matrix itself: report_rl reads it, a run does not
+    expected = {f"rl.{f.name}" for f in dataclasses.fields(RLConfig)} - {f"rl.{n}" for n in per_run | matrix}
+    assert set(stage["params"]) == expected
 
 
 def test_reward_curve_plots_use_the_custom_template_and_list_every_rl_run():
