@@ -53,10 +53,15 @@ def git(cwd: Path, *args: str) -> str:
     return run(cwd, "git", "-c", "user.name=test", "-c", "user.email=test@example.org", *args)
 
 
-def plot_definitions(dvc_yaml: Path = REPO_ROOT / "dvc.yaml") -> dict[str, dict]:
+def pipeline_yaml() -> dict:
+    """The project's dvc.yaml, parsed as written (interpolations such as ${item} left as text)."""
+    return yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
+
+
+def plot_definitions() -> dict[str, dict]:
     """dvc.yaml's top-level ``plots:`` list -> {plot id: properties}."""
     definitions: dict[str, dict] = {}
-    for entry in yaml.safe_load(dvc_yaml.read_text()).get("plots") or []:
+    for entry in pipeline_yaml().get("plots") or []:
         items = {entry: None}.items() if isinstance(entry, str) else entry.items()
         definitions.update({plot_id: props or {} for plot_id, props in items})
     return definitions
@@ -104,7 +109,7 @@ def test_every_template_in_dvc_yaml_exists_and_is_a_dvc_vega_lite_template():
     from dvc_render.vega_templates import TEMPLATES, get_template
 
     builtin = {t.DEFAULT_NAME for t in TEMPLATES}
-    named = templates_named(yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text()))
+    named = templates_named(pipeline_yaml())
     assert REWARD_TEMPLATE in named
     for name in sorted(named - builtin):
         path = TEMPLATE_DIR / f"{name}.json"
@@ -125,7 +130,7 @@ def test_rl_stage_declares_every_rl_setting_a_run_reads():
     """The rl stage lists its params key by key (the whole section would include the run matrix, and adding a
     run would then re-run every other). A field added to RLConfig but not to that list would go untracked:
     changing it would leave `dvc repro` reusing stale runs."""
-    stage = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["rl"]
+    stage = pipeline_yaml()["stages"]["rl"]
     per_run = {"encoder", "seed"}  # the stage passes them as --encoder/--seed from its matrix
     matrix = {"encoders", "seeds"}  # the matrix itself: report_rl reads it, a run does not
     expected = {f"rl.{f.name}" for f in dataclasses.fields(RLConfig)} - {f"rl.{n}" for n in per_run | matrix}
@@ -151,7 +156,7 @@ def test_top_level_metrics_list_every_report_row():
     from handeye.report import ReportConfig
 
     cfg = load_config(ReportConfig, "report", REPO_ROOT / "params.yaml")
-    listed = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["metrics"]
+    listed = pipeline_yaml()["metrics"]
     assert listed == [f"{cfg.probe_root}/{key}/metrics.json" for key in cfg.rows()]
 
 
@@ -161,7 +166,7 @@ def test_features_stage_depends_on_every_report_rows_weights():
     from handeye.report import ReportConfig
 
     cfg = load_config(ReportConfig, "report", REPO_ROOT / "params.yaml")
-    deps = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["features"]["deps"]
+    deps = pipeline_yaml()["stages"]["features"]["deps"]
     named = [m.group(1) for d in deps if (m := re.fullmatch(r"\$\{report\.encoders\.(\w+)\.weights\}", d))]
     assert named == list(cfg.rows())
 
