@@ -1,5 +1,6 @@
 """The rl stage: a few PPO iterations with a fake encoder, bit-for-bit metrics, resume, bad inputs, figures."""
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -14,7 +15,7 @@ from test_envs import FakeEncoder
 from handeye import cli
 from handeye.envs.base import EnvConfig
 from handeye.errors import HandEyeError
-from handeye.rl import RLConfig, run_name, run_rl, train_cfg
+from handeye.rl import RLConfig, run_config, run_name, run_rl, train_cfg
 
 
 def tiny(out_dir: Path, **kw) -> RLConfig:
@@ -82,6 +83,17 @@ def test_resume_continues_from_the_last_checkpoint(runs, tmp_path):
     assert [line.split("\t")[0] for line in tsv[1:]] == ["0", "1", "2", "3", "4"]  # nothing logged twice
     first = runs[0] / "live/plots/metrics/Reward/total.tsv"
     assert tsv[1:4] == first.read_text().splitlines()[1:4]  # iterations before the checkpoint are kept
+
+
+def test_a_run_saves_its_own_settings_not_the_sweep(runs):
+    """Adding a run to rl.encoders/rl.seeds reruns no other run (DVC), so it must change none of their files."""
+    import torch
+
+    policy = torch.load(runs[0] / "policy.pt", weights_only=False)
+    cfg = tiny(Path(policy["config"]["out_dir"]))
+    assert policy["config"] == run_config(cfg) and policy["config"]["seed"] == 0
+    wider = run_config(dataclasses.replace(cfg, encoders=["x", "y"], seeds=[0, 1, 2]))
+    assert wider == policy["config"] and "encoders" not in wider and "seeds" not in wider
 
 
 def test_train_cfg_is_rsl_rl_5_schema():

@@ -421,19 +421,27 @@ def run_frames(cfg: FramesConfig, input_dir: str | Path, out_dir: str | Path, en
                progress: bool = True) -> FramesResult:
     """Extract (and dedup) the frames of ``input_dir`` into ``out_dir``; ``encoder`` overrides
     ``cfg.dedup_encoder`` (tests pass a small fake)."""
-    from handeye import dedup
-
     cfg.validate()
-    repro.seed_everything(cfg.seed, threads=cfg.threads)
     started = time.perf_counter()
     root, out = Path(input_dir), Path(out_dir)
     warn = Warnings()
     sources = discover(root, cfg, warn)
+
     # Loaded at the first source with frames to compare: a folder of images (each its own source) never needs
-    # it, and loading the DINOv3 stand-in costs ~6 s (transformers' imports).
-    dedup_encoder = functools.cache(lambda: encoder if encoder is not None
-                                    else dedup.load_dedup_encoder(cfg.dedup_encoder))
-    corpus = dedup.CorpusIndex(cfg.dedup_threshold) if cfg.dedup and cfg.dedup_global else None
+    # it, and loading the DINOv3 stand-in costs ~6 s (torch's and transformers' imports). Extraction itself
+    # draws no random numbers; the seed and thread count are for the encoder, whose bits depend on them.
+    @functools.cache
+    def dedup_encoder():
+        from handeye import dedup
+
+        repro.seed_everything(cfg.seed, threads=cfg.threads)
+        return encoder if encoder is not None else dedup.load_dedup_encoder(cfg.dedup_encoder)
+
+    corpus = None
+    if cfg.dedup and cfg.dedup_global:
+        from handeye import dedup
+
+        corpus = dedup.CorpusIndex(cfg.dedup_threshold)
 
     with repro.atomic_dir(out) as tmp:
         writer = (ShardWriter(tmp, cfg.shard_size) if cfg.format == "npy"
@@ -478,10 +486,10 @@ def run_frames(cfg: FramesConfig, input_dir: str | Path, out_dir: str | Path, en
 def dedup_mask(frames: np.ndarray, cfg: FramesConfig, get_encoder: Callable[[], Any], corpus) -> np.ndarray:
     """frames: uint8 (n, R, R, 3) of one source -> bool (n,) of the frames to keep; ``get_encoder()``: the
     dedup encoder, called only when there is something to compare."""
-    from handeye import dedup
-
     keep = np.ones(len(frames), dtype=bool)
     if cfg.dedup and (corpus is not None or len(frames) > 1):  # an image alone has no duplicate in its video
+        from handeye import dedup
+
         emb = dedup.embed_frames(get_encoder(), frames, cfg.dedup_batch)
         keep = dedup.keep_within_video(emb, cfg.dedup_threshold)
         if corpus is not None:

@@ -182,6 +182,15 @@ def _prepare_folder(final: Path, work: Path, resume: bool) -> bool:
     return False
 
 
+def run_config(cfg: RLConfig) -> dict[str, Any]:
+    """The resolved config of one run, saved in its checkpoints, policy and manifest: every field but the sweep
+    (``encoders``, ``seeds``), which is not a setting of the run. Saving it would change every run's files when
+    a run is added, though DVC rightly reruns none of them (the rl stage does not list the sweep)."""
+    config = dataclasses.asdict(cfg)
+    del config["encoders"], config["seeds"]
+    return config
+
+
 def run_rl(cfg: RLConfig, resume: bool = False, encoder=None) -> Path:
     """Train one policy; -> the finished run folder. ``encoder``: an ``Encoder`` to use instead of loading
     ``cfg.encoder`` (tests)."""
@@ -209,20 +218,20 @@ def run_rl(cfg: RLConfig, resume: bool = False, encoder=None) -> Path:
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # rsl-rl prints a page per iteration; tqdm reports
             runner = Runner(env, train_cfg(cfg, env.num_envs, live_dir, timings, resuming), log_dir=str(ckpts))
-            runner.config = dataclasses.asdict(cfg)
+            runner.config = run_config(cfg)
             runner.quiet()
             if resuming:
                 runner.load(str(last_checkpoint(ckpts)))
                 truncate_metrics(live_dir, timings, runner.current_learning_iteration)
             remaining = max(0, cfg.iterations - runner.current_learning_iteration)
             runner.learn(remaining, init_at_random_ep_len=cfg.init_at_random_ep_len and not resuming)
-        policy = {"actor_state_dict": runner.alg.get_policy().state_dict(), "config": dataclasses.asdict(cfg),
+        policy = {"actor_state_dict": runner.alg.get_policy().state_dict(), "config": run_config(cfg),
                   "obs_dims": {k: int(v.shape[-1]) for k, v in env.get_observations().items()},
                   "encoder": {"spec": cfg.encoder, "name": encoder.name, "embed_dim": encoder.embed_dim}}
     finally:
         env.close()
     repro.atomic_torch_save(policy, work / "policy.pt")
-    repro.write_manifest(work, "rl", cfg, cfg.seed)
+    repro.write_manifest(work, "rl", run_config(cfg), cfg.seed)
     if final.exists():
         shutil.rmtree(final)
     os.replace(work, final)
