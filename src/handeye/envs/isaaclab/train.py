@@ -3,7 +3,6 @@ folder as the MuJoCo backend, with Isaac Lab's env wrapped by its own ``RslRlVec
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -29,7 +28,8 @@ def train(cfg, resume: bool = False) -> Path:
 
         from handeye.encoders import load_encoder
         from handeye.envs.isaaclab.task import HandEyeVisionEnv, HandEyeVisionEnvCfg
-        from handeye.rl import Runner, _prepare_folder, last_checkpoint, run_name, train_cfg, truncate_metrics
+        from handeye.rl import (Runner, _prepare_folder, last_checkpoint, run_config, run_name, train_cfg,
+                                 truncate_metrics)
 
         gym.register(id=TASK_ID, entry_point=HandEyeVisionEnv, disable_env_checker=True)
         encoder = load_encoder(cfg.encoder, device="cuda:0")
@@ -48,7 +48,7 @@ def train(cfg, resume: bool = False) -> Path:
         resuming = _prepare_folder(final, work, resume)
         runner = Runner(env, train_cfg(cfg, env.num_envs, work / "live", work / "timings.json", resuming),
                         log_dir=str(work / "checkpoints"), device=env.unwrapped.device)
-        runner.config = dataclasses.asdict(cfg)
+        runner.config = run_config(cfg)
         runner.quiet()
         if resuming:
             runner.load(str(last_checkpoint(work / "checkpoints")))
@@ -56,7 +56,7 @@ def train(cfg, resume: bool = False) -> Path:
         runner.learn(max(0, cfg.iterations - runner.current_learning_iteration),
                      init_at_random_ep_len=cfg.init_at_random_ep_len and not resuming)
         repro.atomic_torch_save({"actor_state_dict": runner.alg.get_policy().state_dict(),
-                                 "config": dataclasses.asdict(cfg)}, work / "policy.pt")
+                                 "config": run_config(cfg)}, work / "policy.pt")
         repro.write_manifest(work, "rl", cfg, cfg.seed)
         env.close()
         if final.exists():
