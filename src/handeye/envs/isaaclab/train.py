@@ -28,8 +28,15 @@ def train(cfg, resume: bool = False) -> Path:
 
         from handeye.encoders import load_encoder
         from handeye.envs.isaaclab.task import HandEyeVisionEnv, HandEyeVisionEnvCfg
-        from handeye.rl import (Runner, _prepare_folder, last_checkpoint, run_config, run_name, train_cfg,
-                                 truncate_metrics)
+        from handeye.rl import (
+            Runner,
+            _prepare_folder,
+            last_checkpoint,
+            run_config,
+            run_name,
+            train_cfg,
+            truncate_metrics,
+        )
 
         gym.register(id=TASK_ID, entry_point=HandEyeVisionEnv, disable_env_checker=True)
         encoder = load_encoder(cfg.encoder, device="cuda:0")
