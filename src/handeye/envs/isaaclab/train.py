@@ -64,7 +64,7 @@ def train(cfg, resume: bool = False) -> Path:
                      init_at_random_ep_len=cfg.init_at_random_ep_len and not resuming)
         repro.atomic_torch_save({"actor_state_dict": runner.alg.get_policy().state_dict(),
                                  "config": run_config(cfg)}, work / "policy.pt")
-        repro.write_manifest(work, "rl", cfg, cfg.seed)
+        repro.write_manifest(work, "rl", run_config(cfg), cfg.seed)
         env.close()
         if final.exists():
             shutil.rmtree(final)
