@@ -160,6 +160,14 @@ def test_top_level_metrics_list_every_report_row():
     assert listed == [f"{cfg.probe_root}/{key}/metrics.json" for key in cfg.rows()]
 
 
+def test_dvc_does_not_walk_the_committed_remote():
+    """Collecting the pipeline walks the workspace for dvc.yaml/.dvc files; the in-repo remote's objects were 93%
+    of what it visited, a fixed cost of every `dvc` command (the no-op target of #7)."""
+    remote = (REPO_ROOT / ".dvc" / "config").read_text().split("url = ")[1].split()[0]
+    obj = next((REPO_ROOT / ".dvc" / remote).resolve().rglob("*.dir"))
+    dvc(REPO_ROOT, "check-ignore", "-q", str(obj.relative_to(REPO_ROOT)))
+
+
 def test_features_stage_depends_on_every_report_rows_weights():
     """One `features` stage embeds every row; DVC cannot loop outside foreach, so dvc.yaml names each row's
     weights (interpolated from params, so a profile that swaps a row's weights is followed)."""
