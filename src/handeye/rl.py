@@ -215,23 +215,24 @@ def run_rl(cfg: RLConfig, resume: bool = False, encoder=None) -> Path:
 
     env = MujocoCubeEnv(cfg.env, encoder, seed=cfg.seed)
     live_dir, timings, ckpts = work / "live", work / "timings.json", work / "checkpoints"
+    config = run_config(cfg)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # rsl-rl prints a page per iteration; tqdm reports
             runner = Runner(env, train_cfg(cfg, env.num_envs, live_dir, timings, resuming), log_dir=str(ckpts))
-            runner.config = run_config(cfg)
+            runner.config = config
             runner.quiet()
             if resuming:
                 runner.load(str(last_checkpoint(ckpts)))
                 truncate_metrics(live_dir, timings, runner.current_learning_iteration)
             remaining = max(0, cfg.iterations - runner.current_learning_iteration)
             runner.learn(remaining, init_at_random_ep_len=cfg.init_at_random_ep_len and not resuming)
-        policy = {"actor_state_dict": runner.alg.get_policy().state_dict(), "config": run_config(cfg),
+        policy = {"actor_state_dict": runner.alg.get_policy().state_dict(), "config": config,
                   "obs_dims": {k: int(v.shape[-1]) for k, v in env.get_observations().items()},
                   "encoder": {"spec": cfg.encoder, "name": encoder.name, "embed_dim": encoder.embed_dim}}
     finally:
         env.close()
     repro.atomic_torch_save(policy, work / "policy.pt")
-    repro.write_manifest(work, "rl", run_config(cfg), cfg.seed)
+    repro.write_manifest(work, "rl", config, cfg.seed)
     if final.exists():
         shutil.rmtree(final)
     os.replace(work, final)

@@ -55,7 +55,8 @@ def train(cfg, resume: bool = False) -> Path:
         resuming = _prepare_folder(final, work, resume)
         runner = Runner(env, train_cfg(cfg, env.num_envs, work / "live", work / "timings.json", resuming),
                         log_dir=str(work / "checkpoints"), device=env.unwrapped.device)
-        runner.config = run_config(cfg)
+        config = run_config(cfg)
+        runner.config = config
         runner.quiet()
         if resuming:
             runner.load(str(last_checkpoint(work / "checkpoints")))
@@ -63,8 +64,8 @@ def train(cfg, resume: bool = False) -> Path:
         runner.learn(max(0, cfg.iterations - runner.current_learning_iteration),
                      init_at_random_ep_len=cfg.init_at_random_ep_len and not resuming)
         repro.atomic_torch_save({"actor_state_dict": runner.alg.get_policy().state_dict(),
-                                 "config": run_config(cfg)}, work / "policy.pt")
-        repro.write_manifest(work, "rl", run_config(cfg), cfg.seed)
+                                 "config": config}, work / "policy.pt")
+        repro.write_manifest(work, "rl", config, cfg.seed)
         env.close()
         if final.exists():
             shutil.rmtree(final)
