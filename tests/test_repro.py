@@ -138,6 +138,15 @@ def test_manifest_records_commit_versions_seed_and_config(tmp_path):
         torch.__version__.split("+")[0])
     assert set(m["git"]) == {"commit", "dirty"}
     assert m["torch_threads"] >= 1
+    assert set(m["cpu"]) == {"model", "flags"}
+
+
+def test_cpu_description_reads_model_and_kernel_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Some Xeon\nflags\t\t: fpu avx2 avx512f amx_tile sse\n\n"
+                    "processor\t: 1\nmodel name\t: Other\n")
+    assert repro.cpu_description(info) == {"model": "Some Xeon", "flags": ["avx2", "avx512f", "amx_tile"]}
+    assert repro.cpu_description(tmp_path / "missing")["flags"] is None
 
 
 def test_file_md5(tmp_path):

@@ -236,6 +236,25 @@ def _installed_version(dist: metadata.Distribution) -> str:
     return match.group(1) if match else dist.version
 
 
+# CPU flags that change which torch/MKL/oneDNN kernels run, and so the bits of a CPU run.
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
+
+
+def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
+    """The CPU model and its KERNEL_FLAGS: two machines agree bit for bit only where these agree, and not
+    always then (README, Reproducibility). Elsewhere than Linux, the model as ``platform`` reports it."""
+    import platform
+
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return {"model": platform.processor() or None, "flags": None}
+    fields = dict(line.split(":", 1) for line in text.split("\n\n", 1)[0].splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {"model": fields.get("model name"), "flags": [f for f in KERNEL_FLAGS if f in flags]}
+
+
 def run_manifest(stage: str, config: Any, seed: int | None) -> dict[str, Any]:
     """What produced an output: stage, resolved config, seed, code version, library versions, machine.
     torch's thread count and CPU capability (which decide its bits) only when the stage ran torch: a stage
@@ -251,6 +270,7 @@ def run_manifest(stage: str, config: Any, seed: int | None) -> dict[str, Any]:
         "packages": package_versions(),
         "torch_threads": torch.get_num_threads() if torch else None,
         "cpu_capability": torch.backends.cpu.get_cpu_capability() if torch else None,
+        "cpu": cpu_description(),
     }
 
 

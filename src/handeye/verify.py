@@ -200,6 +200,8 @@ def print_report(report: Report) -> None:
     print(f"verify: FAILED, {len(report.mismatches)} of {len(report.checked)} files differ from dvc.lock:")
     for m in report.mismatches:
         print(f"  differs {m}")
+    print("verify: bits repeat only on a CPU like the one that wrote dvc.lock (README, Reproducibility); "
+          "each run_manifest.json names its CPU")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
