@@ -85,6 +85,7 @@ def test_changed_output_fails_with_its_path(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "FAILED, 1 of 4 files differ" in out
     assert "differs paper_figs/curve.png: md5" in out
+    assert "only on a CPU like the one that wrote dvc.lock" in out  # the likeliest cause, and where to look
 
 
 def test_copy_of_outputs_is_checked_file_by_file(project, tmp_path):
