@@ -64,3 +64,11 @@ def test_repository_profiles_resolve():
     assert known_profiles(root / "configs") == ["demo", "demo-long", "paper"]
     for name in known_profiles(root / "configs"):
         assert resolve_profile(name, root / "params.yaml", root / "configs")
+
+
+def test_cpu_profiles_pin_the_pretraining_precision():
+    """`precision: auto` trains in bf16 on CPUs with bf16 math and in fp32 elsewhere: a CPU profile's dvc.lock
+    would then hold for one kind of machine only (README, Reproducibility)."""
+    root = Path(__file__).resolve().parents[1]
+    for name in ("demo", "demo-long"):
+        assert resolve_profile(name, root / "params.yaml", root / "configs")["pretrain"]["precision"] == "fp32"
