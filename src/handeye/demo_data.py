@@ -10,7 +10,7 @@ Writes into ``--out`` (built in a temp folder beside it and renamed into place w
 
 Every video is a pure function of (seed, its index): workers render in any order and the bytes match.
 Encoders run single-threaded, since x264/x265 output depends on their thread count; x265 also needs the
-settings of `x265_params` to give the same bytes every time.
+settings of `x265_params`, and x264 those of X264_X86_PARAMS, to give the same bytes every time.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import io
 import math
 import multiprocessing as mp
 import os
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,7 +184,8 @@ def _render_task(task: tuple[DemoDataConfig, VideoJob, Path]) -> tuple[str, int]
 
 
 def encode_video(frames: np.ndarray, fps: int, codec: str, crf: int) -> bytes:
-    """frames: uint8 (T, H, W, 3) -> MP4 bytes (libx264 or libx265, yuv420p, one encoder thread)."""
+    """frames: uint8 (T, H, W, 3) -> MP4 bytes (libx264 or libx265, yuv420p, one encoder thread), the same bytes
+    whatever ran in the process before (`x265_params`, X264_X86_PARAMS)."""
     import av
 
     buf = io.BytesIO()
@@ -194,11 +196,21 @@ def encode_video(frames: np.ndarray, fps: int, codec: str, crf: int) -> bytes:
         opts = {"crf": str(crf), "preset": "medium", "threads": "1"}
         if codec == "libx265":
             opts["x265-params"] = x265_params(*frames.shape[1:3])
+        elif codec == "libx264" and platform.machine() in ("x86_64", "AMD64"):
+            opts["x264-params"] = X264_X86_PARAMS
         stream.options = opts
         for f in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
         container.mux(stream.encode())
     return buf.getvalue()
+
+
+# x264's AVX-512 kernels read heap memory they never wrote: after an x265 encode in the same process, 10 encodes
+# of the same 96 px frames gave 10 different files (a fresh process gave one). Capped at SSE4.2 (numpy 2.4's own
+# baseline, so every CPU that runs this stack has it), the bytes were the same every time and the same as with
+# SSE3 to AVX2 allowed (each measured on 2026-11-22); only plain C (or SSE2 alone) gives other bytes. With it an
+# AVX-512 CPU regenerates data.dvc's 1,303 files exactly (so they were written without those kernels).
+X264_X86_PARAMS = "asm=SSE4.2"
 
 
 def x265_params(height: int, width: int) -> str:
