@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import platform
 import random
 import re
 import shutil
@@ -243,8 +244,6 @@ KERNEL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
 def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
     """The CPU model and its KERNEL_FLAGS: two machines agree bit for bit only where these agree, and not
     always then (README, Reproducibility). Elsewhere than Linux, the model as ``platform`` reports it."""
-    import platform
-
     try:
         text = cpuinfo.read_text()
     except OSError:
