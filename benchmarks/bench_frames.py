@@ -1,6 +1,8 @@
-"""Frame extraction throughput vs a plain sequential PyAV decode of the same frames; dedup embedding speed.
+"""Frame extraction throughput vs a plain sequential PyAV decode of the same frames; dedup embedding speed;
+training-read throughput of the shard formats.
 
     .venv/bin/python benchmarks/bench_frames.py [--videos DIR] [--size 960x540] [--frames 300]
+    .venv/bin/python benchmarks/bench_frames.py --part reads [--read-frames 2048,1024]
 
 Without --videos it encodes its own H.264 and H.265 clips (moving gradients + noise) into a temp folder.
 For each sampling setting it times ``handeye.frames.run_frames`` (dedup off, npy shards written; the decoder
@@ -10,6 +12,14 @@ same files, each the best of --repeat interleaved runs. The extractor's time inc
 fixed per-run cost (probing, shard and manifest writing), which weighs most on the short sparse settings.
 Target: extractor >= 0.8x plain decode (wall clock).
 
+Reads (``--part reads``): the same frames (random crops of scikit-image's photographs, at 64 px, the demo,
+and 224 px, the paper) written as npy shards and as wds tar shards (JPEG at frames.jpg_quality), then read in
+a seeded random order as pretraining does: through FrameDataset alone, and through a DataLoader (batches of
+64) with 0 and 2 workers; plus bytes on disk per frame. Each figure is printed with its ratio to npy, the
+reference, measured in the same run (best of --repeat). Both formats are read from the page cache here, which
+favours npy: a corpus larger than memory reads every npy frame from disk, 147 KiB of it per 224 px frame.
+One line compares JPEG and PNG members (size, decode speed, PSNR), the choice behind wds's .jpg members.
+
 The CPU ratio (process CPU seconds, all threads) is printed beside it because on an oversubscribed machine
 wall clock mostly measures the scheduler's share, which grows with a process's thread count (PyAV's
 default swscale starts a thread pool per converted frame), not how much work each side does.
@@ -18,6 +28,7 @@ default swscale starts a thread pool per converted frame), not how much work eac
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import tempfile
@@ -26,6 +37,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from PIL import Image
 
 from handeye import frames, repro, video
 from handeye.dedup import embed_frames
@@ -102,6 +114,102 @@ def bench_dedup(spec: str | None, n: int, resolution: int) -> dict:
     return {"encoder": name, "images": n, "images_per_s": n / (time.perf_counter() - t)}
 
 
+def photo_frames(n: int, resolution: int, seed: int = 0) -> np.ndarray:
+    """uint8 (n, R, R, 3): random square crops (side R .. the photo's short side), flipped at random, of
+    scikit-image's colour photographs: natural content, so that JPEG sizes are realistic."""
+    import skimage.data
+
+    photos = [getattr(skimage.data, name)() for name in ("astronaut", "chelsea", "coffee", "rocket")]
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, resolution, resolution, 3), np.uint8)
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        short = min(photo.shape[:2])
+        side = int(rng.integers(min(resolution, short), short + 1))
+        top, left = (int(rng.integers(0, d - side + 1)) for d in photo.shape[:2])
+        crop = Image.fromarray(photo[top:top + side, left:left + side])
+        img = np.asarray(crop.resize((resolution, resolution), Image.BICUBIC))
+        out[i] = img[:, ::-1] if rng.random() < 0.5 else img
+    return out
+
+
+def write_shards(fmt: str, imgs: np.ndarray, root: Path) -> Path:
+    """imgs as a frame-shard folder of format npy or wds, written by extract-frames' own writers."""
+    cfg = frames.FramesConfig()
+    writer = (frames.ShardWriter(root, cfg.shard_size) if fmt == "npy"
+              else frames.TarShardWriter(root, cfg.shard_size, cfg.jpg_quality))
+    src = frames.Source("bench.mp4", "video", Path("bench.mp4"))
+    for i, img in enumerate(imgs):
+        writer.add(src, i, i / 2, img)
+    writer.close()
+    return root
+
+
+def read_rates(root: Path, repeat: int, batch_size: int = 64) -> dict:
+    """images/s of one pass in a seeded random order: FrameDataset alone, DataLoader with 0 and 2 workers."""
+    import torch
+    from torch.utils.data import DataLoader, RandomSampler
+
+    ds = frames.FrameDataset(root)
+    order = torch.randperm(len(ds), generator=repro.torch_generator(0)).tolist()
+
+    def direct():
+        for i in order:
+            ds[i]
+
+    def loader(workers: int):
+        sampler = RandomSampler(ds, generator=repro.torch_generator(0))
+        for _ in DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                            worker_init_fn=repro.seed_worker):
+            pass
+
+    runs = {"dataset": direct, "loader_0": lambda: loader(0), "loader_2": lambda: loader(2)}
+    return {k: len(ds) / min(timed(fn)[0] for _ in range(repeat)) for k, fn in runs.items()}
+
+
+def member_codecs(imgs: np.ndarray, quality: int) -> dict:
+    """JPEG (quality) vs PNG members for the same frames: bytes per frame, decodes/s, PSNR against raw."""
+    out = {}
+    for codec, options in (("jpg", {"format": "JPEG", "quality": quality}), ("png", {"format": "PNG"})):
+        blobs = []
+        for img in imgs:
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, **options)
+            blobs.append(buf.getvalue())
+        t = time.perf_counter()
+        back = np.stack([frames.decode_jpeg(b) for b in blobs])  # PIL sniffs the codec from the bytes
+        rate = len(blobs) / (time.perf_counter() - t)
+        mse = float(np.mean((back.astype(np.float64) - imgs) ** 2))
+        out[codec] = {"bytes_per_frame": sum(map(len, blobs)) / len(blobs), "decodes_per_s": rate,
+                      "psnr_db": float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)}
+    return out
+
+
+def bench_reads(resolution: int, n: int, repeat: int) -> dict:
+    imgs = photo_frames(n, resolution)
+    result = {"frames": n}
+    with tempfile.TemporaryDirectory() as d:
+        for fmt in ("npy", "wds"):
+            root = write_shards(fmt, imgs, Path(d) / fmt)
+            size = sum(p.stat().st_size for p in (root / "shards").iterdir())
+            result[fmt] = {"bytes_per_frame": size / n, **read_rates(root, repeat)}
+    result["members"] = member_codecs(imgs[:256], frames.FramesConfig().jpg_quality)
+    return result
+
+
+def print_reads(resolution: int, r: dict) -> None:
+    ref = r["npy"]
+    for fmt in ("npy", "wds"):
+        f = r[fmt]
+        cols = [f"{f['bytes_per_frame'] / 1024:7.1f} KiB/frame ({f['bytes_per_frame'] / ref['bytes_per_frame']:.3f}x)"]
+        cols += [f"{k} {f[k]:8.0f} img/s ({f[k] / ref[k]:.2f}x)" for k in ("dataset", "loader_0", "loader_2")]
+        print(f"reads {resolution:3d} px {fmt}  " + "  ".join(cols))
+    m = r["members"]
+    print(f"members {resolution:3d} px  " + "  ".join(
+        f"{c}: {v['bytes_per_frame'] / 1024:.1f} KiB, {v['decodes_per_s']:.0f} decodes/s, {v['psnr_db']:.1f} dB"
+        for c, v in m.items()))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--videos", type=Path, help="folder of videos (default: make H.264 + H.265 clips)")
@@ -113,10 +221,24 @@ def main() -> int:
     ap.add_argument("--dedup-images", type=int, default=256)
     ap.add_argument("--threads", type=int, default=frames.FramesConfig().threads, help="torch threads")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--part", choices=["all", "extraction", "reads"], default="all", help="what to measure")
+    ap.add_argument("--read-frames", default="2048,1024", help="frames at 64 px and at 224 px for --part reads")
     args = ap.parse_args()
     # its one-time torch imports would otherwise land in the first timed run
     repro.seed_everything(0, threads=args.threads)
+    results: dict = {}
+    if args.part in ("all", "extraction"):
+        results.update(run_extraction(args))
+    if args.part in ("all", "reads"):
+        for resolution, n in zip((64, 224), map(int, args.read_frames.split(","))):
+            results[f"reads {resolution} px"] = r = bench_reads(resolution, n, min(args.repeat, 2))
+            print_reads(resolution, r)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
 
+
+def run_extraction(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         videos = args.videos
         if videos is None:
@@ -150,9 +272,7 @@ def main() -> int:
     results["dedup"] = d
     print(f"dedup embedding ({d['encoder']}, {args.resolution} px, {args.threads} thread(s)): "
           f"{d['images_per_s']:.1f} images/s")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    return results
 
 
 if __name__ == "__main__":

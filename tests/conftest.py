@@ -73,3 +73,48 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture
+def torchrun():
+    """Launch ``handeye ARGS`` under ``torchrun --standalone --nproc_per_node N`` on the CPU (gloo backend).
+
+    Returns a function ``run(nproc, *args, cwd=None, env=None, timeout=600) -> CompletedProcess`` (text output,
+    not checked: tests assert on the exit code and the one-line errors themselves)."""
+
+    def run(nproc: int, *args: str, cwd=None, env=None, timeout: float = 600) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "--max_restarts=0", "-m", "handeye", *map(str, args)]
+        full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+        return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+
+    return run
+
+
+@pytest.fixture
+def ranks():
+    """Launch one ``handeye`` command per rank by hand, with the environment torchrun would set: what a
+    multi-node launch looks like when each node was given its own (possibly wrong) command.
+
+    Returns ``run([args_rank0, args_rank1, ...], cwd=None, timeout=120) -> list[CompletedProcess]``."""
+
+    def run(per_rank: list[list[str]], cwd=None, timeout: float = 120) -> list[subprocess.CompletedProcess]:
+        port, n = free_port(), len(per_rank)
+        procs = []
+        for rank, args in enumerate(per_rank):
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
+                   "WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+            procs.append(subprocess.Popen([sys.executable, "-m", "handeye", *map(str, args)], cwd=cwd, env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        done = []
+        try:
+            for rank, p in enumerate(procs):
+                out, err = p.communicate(timeout=timeout)
+                done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+        finally:
+            for p in procs:
+                p.kill()
+        return done
+
+    return run

@@ -134,7 +134,22 @@ def test_rl_stage_declares_every_rl_setting_a_run_reads():
     per_run = {"encoder", "seed"}  # the stage passes them as --encoder/--seed from its matrix
     matrix = {"encoders", "seeds"}  # the matrix itself: report_rl reads it, a run does not
     expected = {f"rl.{f.name}" for f in dataclasses.fields(RLConfig)} - {f"rl.{n}" for n in per_run | matrix}
-    assert set(stage["params"]) == expected
+    assert set(stage["params"]) - {"launcher"} == expected
+
+
+def test_the_stages_that_scale_out_run_under_the_launcher_param():
+    """pretrain, features and rl start with ${launcher} (handeye, or torchrun ... -m handeye) and declare it, so
+    that switching to torchrun reruns them; the other stages are single-process and must not depend on it."""
+    stages = pipeline_yaml()["stages"]
+    scaled = {"pretrain_scratch", "pretrain_continued", "features", "rl"}
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        cmd = " ".join(str(body["cmd"]).split())
+        if name in scaled:
+            assert cmd.startswith("${launcher} "), f"{name}: {cmd}"
+            assert "launcher" in body["params"], f"{name} does not declare the launcher param"
+        else:
+            assert "${launcher}" not in cmd and "launcher" not in body.get("params", []), name
 
 
 def test_reward_curve_plots_use_the_custom_template_and_list_every_rl_run():

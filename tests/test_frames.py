@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import pickle
+import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -349,3 +353,151 @@ def test_dedup_through_load_encoder(tmp_path):
     counts = result.per_video["still.mp4"]
     assert counts["frames"] == 12 and counts["kept"] + counts["dropped"] == 12
     assert 1 <= counts["kept"] <= 3 and int(rows(tmp_path / "out")[0]["frame_index"]) == 0
+
+
+# ---------------------------------------------------------------------------------------------- format wds
+def wds_rows(out: Path) -> list[dict]:
+    table = rows(out)
+    assert list(table[0]) == list(frames.WDS_CSV_COLUMNS)
+    return table
+
+
+def stream_members(out: Path) -> list[tuple[str, str, int, bytes]]:
+    """(shard, member name, data offset, bytes) of every shard, read the way a stream reader does ("r|")."""
+    found = []
+    for shard in sorted((out / "shards").glob("*.tar")):
+        with tarfile.open(shard, "r|") as tar:
+            for m in tar:
+                found.append((shard.stem, m.name, m.offset_data, tar.extractfile(m).read()))
+    return found
+
+
+def decoded(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def wds_out(corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wds") / "out"
+    run(config(every_n=3, format="wds", shard_size=8), corpus, out)
+    return out
+
+
+def test_wds_shards_stream_in_order_and_random_access_equals_sequential_decode(wds_out):
+    table, members = wds_rows(wds_out), stream_members(wds_out)
+    assert [name for _, name, _, _ in members] == [f"{k:010d}.jpg" for k in range(len(table))]
+    assert [s for s, _, _, _ in members] == [r["shard"] for r in table] == \
+        [f"{k // 8:06d}" for k in range(len(table))]
+    assert [int(r["offset"]) for r in table] == [k % 8 for k in range(len(table))]
+    ds = frames.FrameDataset(wds_out)
+    assert ds.format == "wds" and ds.resolution == (RES, RES) and len(ds) == len(table) == 40
+    for i in np.random.default_rng(0).permutation(len(ds)):  # random order: no state carried between reads
+        r, (_, _, data_offset, data) = table[i], members[i]
+        assert (int(r["byte_offset"]), int(r["byte_size"])) == (data_offset, len(data))
+        img = ds[int(i)]
+        assert img.dtype == torch.uint8 and img.shape == (3, RES, RES)
+        hwc = img.permute(1, 2, 0).contiguous().numpy()
+        assert np.array_equal(hwc, decoded(data))
+        assert hashlib.sha1(hwc.tobytes()).hexdigest() == r["sha1"]
+        assert read_index(hwc) == int(r["frame_index"])
+
+
+def test_wds_writer_is_deterministic(tmp_path):
+    members = [(f"{k:010d}.jpg", bytes([k]) * (100 + 300 * k)) for k in range(3)]
+    placed = [frames.write_tar(tmp_path / f"{n}.tar", members) for n in ("a", "b")]
+    assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+    assert placed[0] == placed[1] == [(512, 100), (1024 + 512, 400), (2048 + 512, 700)]
+    with tarfile.open(tmp_path / "a.tar") as tar:
+        headers = {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode, m.type) for m in tar.getmembers()}
+    assert headers == {(0, 0, 0, "", "", 0o644, tarfile.REGTYPE)}
+
+
+def test_wds_rerun_is_byte_identical(corpus, wds_out, tmp_path):
+    out = tmp_path / "again"
+    run(config(every_n=3, format="wds", shard_size=8), corpus, out)
+    for name in ("frames.csv", "summary.json", *(f"shards/{p.name}" for p in (wds_out / "shards").iterdir())):
+        assert (out / name).read_bytes() == (wds_out / name).read_bytes(), name
+
+
+def test_wds_dataloader_workers_give_the_frames_of_one_process(wds_out):
+    ds = frames.FrameDataset(wds_out)
+    first = ds[5]  # the parent opens a shard before the workers fork: they must not share its handle
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0)).tolist()
+
+    def load(workers: int) -> torch.Tensor:
+        loader = torch.utils.data.DataLoader(ds, batch_size=6, sampler=order, num_workers=workers)
+        return torch.cat(list(loader))
+
+    alone = load(0)
+    assert torch.equal(load(2), alone)
+    assert torch.equal(alone[order.index(5)], first)
+    copy = pickle.loads(pickle.dumps(ds))  # what a spawned worker gets: no open file in it
+    assert torch.equal(copy[7], ds[7]) and torch.equal(ds[5], first)
+
+
+def test_wds_damaged_shards_are_one_line_errors_naming_the_file(wds_out, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(wds_out, out)
+    shard, table = out / "shards" / "000001.tar", wds_rows(out)
+    data = bytearray(shard.read_bytes())
+    shard.write_bytes(data[: int(table[12]["byte_offset"]) + 10])  # cut inside the 5th member of shard 1
+    with pytest.raises(HandEyeError, match=f"^{re.escape(str(shard))}: truncated [^\n]*$"):
+        frames.FrameDataset(out)
+
+    def damaged(pos: int) -> str:
+        """The error of reading the frame of row 12 with the 16 bytes at ``pos`` overwritten."""
+        broken = bytearray(data)
+        broken[pos:pos + 16] = b"\xff" * 16
+        shard.write_bytes(broken)
+        ds = frames.FrameDataset(out)
+        assert torch.equal(ds[11], frames.FrameDataset(wds_out)[11])  # the rest still reads
+        with pytest.raises(HandEyeError) as e:
+            ds[12]
+        assert str(e.value).startswith(f"{shard}: frame 12 ") and "\n" not in str(e.value)
+        return str(e.value)
+
+    assert "does not decode" in damaged(int(table[12]["byte_offset"]))  # the JPEG's first bytes
+    assert "no tar member" in damaged(int(table[12]["byte_offset"]) - 512 + 124)  # its header's size field
+    shutil.copy(wds_out / "shards" / "000000.tar", shard)  # offsets of row 12 now point into another file
+    with pytest.raises(HandEyeError, match="000001.tar: frame 12 .*no tar member"):
+        frames.FrameDataset(out)[12]
+
+
+def test_wds_folder_errors(wds_out, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(wds_out, out)
+    (out / "shards" / "000009.tar").write_bytes(b"")
+    with pytest.raises(HandEyeError, match="frames.csv lists 40 frames in 5 of 6 .tar shards"):
+        frames.FrameDataset(out)
+    (out / "shards" / "000009.tar").rename(out / "shards" / "000009.npy")
+    with pytest.raises(HandEyeError, match="both .npy and .tar shards"):
+        frames.FrameDataset(out)
+    (out / "shards" / "000009.npy").unlink()
+    table = rows(out)
+    frames.write_csv(out / "frames.csv", frames.CSV_COLUMNS, [[r[c] for c in frames.CSV_COLUMNS] for r in table])
+    with pytest.raises(HandEyeError, match="no byte_offset,byte_size columns"):
+        frames.FrameDataset(out)
+    with pytest.raises(HandEyeError, match="jpg_quality must be in"):
+        run(config(format="wds", jpg_quality=0), wds_out, tmp_path / "out")
+
+
+def test_cli_format_wds_end_to_end(corpus, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = cli.main(["extract-frames", str(corpus), "--out", str(out), "--every-n", "20", "--format", "wds",
+                     "--shard-size", "4", "--no-progress", "--params", str(_params(tmp_path))])
+    assert code == 0
+    assert "2 video(s) ok, 0 failed; 6 frames kept" in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["000000.tar", "000001.tar"]
+    assert json.loads((out / "summary.json").read_text())["shards"] == 2
+    ds = frames.FrameDataset(out)
+    assert (ds.format, ds.resolution, len(ds)) == ("wds", (32, 32), 6)
+    assert [read_index(ds[i].permute(1, 2, 0).numpy()) for i in range(6)] == [0, 20, 40] * 2
+
+
+def test_wds_streams_with_the_webdataset_library(wds_out):
+    wds = pytest.importorskip("webdataset")
+    urls = [str(p) for p in sorted((wds_out / "shards").glob("*.tar"))]
+    samples = list(wds.WebDataset(urls, shardshuffle=False).decode("rgb8"))
+    ds = frames.FrameDataset(wds_out)
+    assert [s["__key__"] for s in samples] == [f"{k:010d}" for k in range(len(ds))]
+    assert all(np.array_equal(s["jpg"], ds[i].permute(1, 2, 0).numpy()) for i, s in enumerate(samples))

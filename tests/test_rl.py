@@ -1,5 +1,6 @@
 """The rl stage: a few PPO iterations with a fake encoder, bit-for-bit metrics, resume, bad inputs, figures."""
 
+import ast
 import dataclasses
 import json
 import os
@@ -103,6 +104,37 @@ def test_train_cfg_is_rsl_rl_5_schema():
     assert d["actor"]["hidden_dims"] == [1024, 512, 512, 256, 128]
     assert d["obs_groups"] == {"actor": ["policy"], "critic": ["policy", "privileged"]}
     assert d["algorithm"]["desired_kl"] == 0.01 and d["algorithm"]["num_learning_epochs"] == 5
+
+
+def handeye_imports(path: Path) -> set[str]:
+    """Every handeye module ``path`` imports, at module level or in a function (``from handeye import rl``
+    counts as ``handeye.rl``)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return {name for name in found if name.startswith("handeye")}
+
+
+def test_imports_flow_one_way_from_the_stage_to_the_trainer():
+    """rl -> envs.isaaclab -> rl_runner and rl -> rl_runner: neither the trainer nor a backend imports the stage
+    (issue 26: rl imported envs.isaaclab, whose train.py imported rl)."""
+    from rsl_rl.utils import resolve_callable
+
+    import handeye
+    from handeye.rl import DvcLiveWriter
+    from handeye.rl_runner import LOG_WRITER
+
+    src = Path(handeye.__file__).parent
+    trainer = handeye_imports(src / "rl_runner.py")
+    assert not {m for m in trainer if m == "handeye.rl" or m.startswith("handeye.envs.isaaclab")}, trainer
+    for module in sorted((src / "envs").rglob("*.py")):
+        assert "handeye.rl" not in handeye_imports(module), module
+    assert "handeye.rl_runner" in handeye_imports(src / "envs" / "isaaclab" / "train.py")
+    assert resolve_callable(LOG_WRITER) is DvcLiveWriter  # and handeye.rl:DvcLiveWriter still names it
 
 
 def test_run_name():

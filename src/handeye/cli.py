@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser(argv).parse_args(argv)
         return int(args._main(args) or 0)
     except HandEyeError as e:
-        print(f"handeye: error: {e}", file=sys.stderr)
+        if not getattr(e, "quiet", False):  # raised on every rank of a launch: rank 0 alone prints it
+            print(f"handeye: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("handeye: interrupted", file=sys.stderr)

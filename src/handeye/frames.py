@@ -6,11 +6,19 @@ stand-in, so that pretraining only ever reads shards); or an EPIC-KITCHENS layou
 (``annotations/EPIC_100_*.csv`` beside ``PXX/videos/PXX_YY.MP4`` or ``PXX/rgb_frames/PXX_YY.tar``), sampled
 inside the annotated segments.
 
-Output (the shard format every reader relies on):
-  DIR/shards/000000.npy ...  np.save of uint8 (n, H, W, 3). Chosen for training throughput: np.load with
-                             mmap_mode="r" gives zero-copy random access and no per-step JPEG decoding; the
-                             demo's 64 px frames cost 12 KiB each, so the corpus fits the page cache.
-  DIR/frames.csv             shard,offset,video,frame_index,timestamp,sha1 (one row per frame, shard order)
+Output (the shard formats FrameDataset reads; it tells them apart by what shards/ holds):
+  DIR/shards/000000.npy ...  format npy: np.save of uint8 (n, H, W, 3). Chosen for training throughput on
+                             corpora that fit the page cache: np.load with mmap_mode="r" gives zero-copy random
+                             access and no per-step decoding; the demo's 64 px frames cost 12 KiB each.
+  DIR/shards/000000.tar ...  format wds: WebDataset tar shards of ``<key>.jpg`` members (key: the frame's
+                             0-based row in frames.csv, %010d, so keys sort in frame order across shards), with
+                             fixed tar headers (same frames, same bytes). For corpora of tens of millions of
+                             frames: JPEG stores a 224 px frame in a fraction of its 147 KiB raw size. The
+                             shards stream sequentially (webdataset, ``tar``) and frames.csv's byte_offset,
+                             byte_size let FrameDataset read one member with one pread, without scanning.
+  DIR/frames.csv             shard,offset,video,frame_index,timestamp,sha1 (one row per frame, shard order;
+                             offset: index in the shard; sha1: of the pixels a reader gets back); format wds
+                             adds byte_offset,byte_size (of the member's data inside the tar)
   DIR/summary.json           per video: frames decoded, kept, dropped by dedup, or the reason it failed
   DIR/timings.json           wall-clock figures (kept apart: they differ on every run)
   DIR/run_manifest.json
@@ -28,10 +36,12 @@ import functools
 import hashlib
 import io
 import math
+import os
 import sys
 import tarfile
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +59,8 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 # rgb_frames are numbered at the native rate (FIELD_NOTES); for videos EPIC_100_video_info.csv lacks
 EPIC_DEFAULT_FPS = 59.94
 CSV_COLUMNS = ("shard", "offset", "video", "frame_index", "timestamp", "sha1")
+# appended, so that readers of the npy columns by position or name keep working
+WDS_CSV_COLUMNS = (*CSV_COLUMNS, "byte_offset", "byte_size")
 IMAGE_CSV_COLUMNS = ("path", "video", "frame_index", "timestamp", "sha1")
 
 
@@ -58,9 +70,11 @@ class FramesConfig:
     fps: float | None = 2.0  # sample this many frames per second of video; null: use every_n instead
     every_n: int | None = None  # keep every N-th source frame (only when fps is null); both null: every frame
     epic_splits: list[str] = field(default_factory=lambda: ["train", "validation"])  # EPIC: splits to sample
-    format: Literal["npy", "png", "jpg"] = "npy"  # npy: training shards; png/jpg: one image file per frame
-    shard_size: int = 1024  # frames per .npy shard
-    jpg_quality: int = 95  # JPEG quality for format jpg
+    # npy: raw uint8 shards (fastest from the page cache); wds: JPEG tar shards (WebDataset layout, a fraction
+    # of the bytes: corpora larger than memory); png/jpg: one image file per frame
+    format: Literal["npy", "wds", "png", "jpg"] = "npy"
+    shard_size: int = 1024  # frames per shard (.npy or .tar)
+    jpg_quality: int = 95  # JPEG quality for formats wds and jpg
     dedup: bool = True  # drop near-duplicate frames by embedding similarity
     dedup_encoder: str = "data/weights/dinov3-standin"  # encoders.load_encoder spec (name, folder or Hub id)
     dedup_threshold: float = 0.95  # drop a frame whose cosine similarity to the last kept frame exceeds this
@@ -82,6 +96,8 @@ class FramesConfig:
             raise HandEyeError(f"frames.threads must be >= 1, got {self.threads}")
         if self.shard_size < 1:
             raise HandEyeError(f"frames.shard_size must be >= 1, got {self.shard_size}")
+        if not 1 <= self.jpg_quality <= 100:
+            raise HandEyeError(f"frames.jpg_quality must be in [1, 100], got {self.jpg_quality}")
         if not 0.0 < self.dedup_threshold <= 1.0:
             raise HandEyeError(f"frames.dedup_threshold must be in (0, 1], got {self.dedup_threshold}")
         unknown = sorted(set(self.epic_splits) - set(epic.SPLIT_FILES))
@@ -367,6 +383,74 @@ class ShardWriter:
         write_csv(self.root / "frames.csv", CSV_COLUMNS, self.rows)
 
 
+class TarShardWriter:
+    """Appends frames as ``<key>.jpg`` members of fixed-size WebDataset tar shards and their rows to
+    frames.csv, with each member's byte offset and size for random access."""
+
+    def __init__(self, root: Path, shard_size: int, quality: int):
+        self.root, self.shard_size, self.quality = root, shard_size, quality
+        (root / "shards").mkdir(parents=True)
+        self.pending: list[tuple[str, bytes, tuple]] = []  # (member name, JPEG bytes, row so far)
+        self.rows: list[tuple] = []
+        self.num_shards = self.num_frames = 0
+
+    def add(self, src: Source, index: int, timestamp: float, frame: np.ndarray) -> None:
+        data = encode_jpeg(frame, self.quality)
+        sha1 = hashlib.sha1(decode_jpeg(data).tobytes()).hexdigest()  # of what readers get, as for npy
+        row = (f"{self.num_shards:06d}", len(self.pending), src.name, index, f"{timestamp:.6f}", sha1)
+        self.pending.append((f"{self.num_frames:010d}.jpg", data, row))
+        self.num_frames += 1
+        if len(self.pending) == self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            path = self.root / "shards" / f"{self.num_shards:06d}.tar"
+            placed = write_tar(path, [(name, data) for name, data, _ in self.pending])
+            self.rows += [(*row, *where) for (_, _, row), where in zip(self.pending, placed)]
+            self.pending = []
+            self.num_shards += 1
+
+    def close(self) -> None:
+        self.flush()
+        write_csv(self.root / "frames.csv", WDS_CSV_COLUMNS, self.rows)
+
+
+def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
+    """uint8 (H, W, 3) -> JPEG bytes, with the same Pillow settings as format jpg."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """JPEG bytes -> uint8 (H, W, 3); PIL's errors (UnidentifiedImageError, OSError) pass through."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        # np.array, not asarray: writable, as torch.from_numpy wants; convert only when needed (one copy less)
+        return np.array(im if im.mode == "RGB" else im.convert("RGB"))
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> list[tuple[int, int]]:
+    """Write (name, bytes) members in the given order as a ustar archive whose headers hold nothing of the
+    machine or the time (mtime 0, root ids, mode 0644), so the same members give the same bytes; returns each
+    member's (byte offset of its data, size)."""
+    placed = []
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.type = len(data), 0, 0o644, tarfile.REGTYPE
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            header = info.tobuf(tar.format, tar.encoding, tar.errors)
+            placed.append((tar.offset + len(header), len(data)))
+            tar.addfile(info, io.BytesIO(data))
+    return placed
+
+
 class ImageWriter:
     """Writes DIR/<video stem>/frame_%010d.<ext>; a stem shared by two sources falls back to the full name."""
 
@@ -444,8 +528,7 @@ def run_frames(cfg: FramesConfig, input_dir: str | Path, out_dir: str | Path, en
         corpus = dedup.CorpusIndex(cfg.dedup_threshold)
 
     with repro.atomic_dir(out) as tmp:
-        writer = (ShardWriter(tmp, cfg.shard_size) if cfg.format == "npy"
-                  else ImageWriter(tmp, cfg.format, cfg.jpg_quality, sources))
+        writer = make_writer(cfg, tmp, sources)
         per_video: dict[str, dict] = {}
         kept_total = dropped_total = 0
         bar = tqdm(sources, desc="extract-frames", unit="video", disable=not progress, file=sys.stderr)
@@ -483,6 +566,14 @@ def run_frames(cfg: FramesConfig, input_dir: str | Path, out_dir: str | Path, en
     return result
 
 
+def make_writer(cfg: FramesConfig, root: Path, sources: list[Source]):
+    if cfg.format == "npy":
+        return ShardWriter(root, cfg.shard_size)
+    if cfg.format == "wds":
+        return TarShardWriter(root, cfg.shard_size, cfg.jpg_quality)
+    return ImageWriter(root, cfg.format, cfg.jpg_quality, sources)
+
+
 def dedup_mask(frames: np.ndarray, cfg: FramesConfig, get_encoder: Callable[[], Any], corpus) -> np.ndarray:
     """frames: uint8 (n, R, R, 3) of one source -> bool (n,) of the frames to keep; ``get_encoder()``: the
     dedup encoder, called only when there is something to compare."""
@@ -501,8 +592,10 @@ def dedup_mask(frames: np.ndarray, cfg: FramesConfig, get_encoder: Callable[[], 
 class FrameDataset:
     """torch Dataset over a frame-shard folder: ``ds[i]`` -> uint8 tensor (3, H, W), in frames.csv order.
 
-    Shards are opened with ``mmap_mode="r"`` on first access in each process (so DataLoader workers fork
-    cheaply); ``rows`` is frames.csv as a list of dicts (video, frame_index, timestamp, sha1, ...).
+    Reads npy shards (memory-mapped) or wds tar shards (one member per read, JPEG decoded here, so that
+    DataLoader workers share the decoding), whichever shards/ holds. Files are opened on first access in each
+    process, so DataLoader workers fork cheaply and never share a file position. ``rows`` is frames.csv as a
+    list of dicts (video, frame_index, timestamp, sha1, ...); ``format`` is "npy" or "wds".
     """
 
     def __init__(self, root: str | Path):
@@ -513,17 +606,39 @@ class FrameDataset:
                                f"make one with `handeye extract-frames INPUT --out {self.root}`")
         with open(csv_path, newline="") as f:
             self.rows = list(csv.DictReader(f))
+        has_npy, has_tar = any(shard_dir.glob("*.npy")), any(shard_dir.glob("*.tar"))
+        if has_npy and has_tar:
+            raise HandEyeError(f"{shard_dir} holds both .npy and .tar shards; re-run extract-frames into an "
+                               f"empty --out")
+        self.format = "wds" if has_tar else "npy"
+        self._shards = TarShards(shard_dir, self.rows) if has_tar else NpyShards(shard_dir, self.rows)
+        self.resolution: tuple[int, int] = self._shards.resolution
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        return torch.from_numpy(self._shards.read(i)).permute(2, 0, 1)
+
+
+class NpyShards:
+    """Frames of np.save shards, each memory-mapped on first access in a process."""
+
+    def __init__(self, shard_dir: Path, rows: list[dict]):
+        self.shard_dir = shard_dir
         self.shard_names = sorted(p.stem for p in shard_dir.glob("*.npy"))
         shapes = [self._header(shard_dir / f"{s}.npy") for s in self.shard_names]
         if not shapes or len({s[1:] for s in shapes}) != 1:
             raise HandEyeError(f"{shard_dir}: no shards, or shards of different frame sizes")
-        if sum(s[0] for s in shapes) != len(self.rows):
-            raise HandEyeError(f"{self.root}: frames.csv has {len(self.rows)} rows but the shards hold "
+        if sum(s[0] for s in shapes) != len(rows):
+            raise HandEyeError(f"{shard_dir.parent}: frames.csv has {len(rows)} rows but the shards hold "
                                f"{sum(s[0] for s in shapes)} frames; re-run extract-frames")
         self.resolution: tuple[int, int] = shapes[0][1:3]
         position = {name: i for i, name in enumerate(self.shard_names)}
-        self._index = np.array([(position[r["shard"]], int(r["offset"])) for r in self.rows], dtype=np.int64)
-        self._shards: list[np.ndarray] | None = None
+        self._index = np.array([(position[r["shard"]], int(r["offset"])) for r in rows], dtype=np.int64)
+        self._maps: list[np.ndarray] | None = None
 
     @staticmethod
     def _header(path: Path) -> tuple[int, ...]:
@@ -532,17 +647,97 @@ class FrameDataset:
             raise HandEyeError(f"{path}: expected uint8 (n, H, W, 3), got {arr.dtype} {arr.shape}")
         return arr.shape
 
-    def __len__(self) -> int:
-        return len(self.rows)
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_maps": None}  # a spawned worker maps the files itself, not a copy of them
 
-    def __getitem__(self, i: int):
-        import torch
-
-        if self._shards is None:
-            shard_dir = self.root / "shards"
-            self._shards = [np.load(shard_dir / f"{s}.npy", mmap_mode="r") for s in self.shard_names]
+    def read(self, i: int) -> np.ndarray:
+        """uint8 (H, W, 3) of frame ``i``."""
+        if self._maps is None:
+            self._maps = [np.load(self.shard_dir / f"{s}.npy", mmap_mode="r") for s in self.shard_names]
         shard, offset = self._index[i]
-        return torch.from_numpy(np.array(self._shards[shard][offset])).permute(2, 0, 1)
+        return np.array(self._maps[shard][offset])
+
+
+class TarShards:
+    """Frames of WebDataset tar shards: one pread of a member's tar header and JPEG bytes at the offset
+    frames.csv records, then a decode. The header is checked, so an offset into the wrong file fails loudly."""
+
+    MAX_OPEN = 64  # open shards per process: paper corpora have tens of thousands of them
+
+    def __init__(self, shard_dir: Path, rows: list[dict]):
+        self.paths = sorted(shard_dir.glob("*.tar"))
+        if rows and not {"byte_offset", "byte_size"} <= rows[0].keys():
+            raise HandEyeError(f"{shard_dir.parent / 'frames.csv'} has no byte_offset,byte_size columns for the "
+                               f".tar shards; re-run extract-frames with --format wds")
+        position = {p.stem: i for i, p in enumerate(self.paths)}
+        missing = sorted({r["shard"] for r in rows} - position.keys())
+        if missing:
+            raise HandEyeError(f"{shard_dir}: shard {missing[0]}.tar of frames.csv is missing; re-run "
+                               f"extract-frames")
+        self._index = np.array([(position[r["shard"]], int(r["byte_offset"]), int(r["byte_size"]))
+                                for r in rows], dtype=np.int64).reshape(-1, 3)
+        self._check_sizes(len(rows))
+        self._files: OrderedDict[int, Any] = OrderedDict()
+        self._pid: int | None = None
+        self.resolution: tuple[int, int] | None = None  # of the first frame; every other must match it
+        self.resolution = self.read(0).shape[:2]
+        self._files.clear()  # opened again by whichever process reads next
+
+    def _check_sizes(self, num_rows: int) -> None:
+        """Every shard holds its last member whole: a truncated copy is caught here, not mid-training."""
+        ends = np.zeros(len(self.paths), dtype=np.int64)
+        np.maximum.at(ends, self._index[:, 0], self._index[:, 1] + self._index[:, 2])
+        if not num_rows or not ends.all():
+            raise HandEyeError(f"{self.paths[0].parent}: frames.csv lists "
+                               f"{num_rows} frames in {np.count_nonzero(ends)} of {len(self.paths)} .tar shards; "
+                               f"re-run extract-frames")
+        for path, end in zip(self.paths, ends.tolist()):
+            size = path.stat().st_size
+            if size < end:
+                raise HandEyeError(f"{path}: truncated ({size} bytes, frames.csv needs {end}); copy the shard "
+                                   f"again or re-run extract-frames")
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_files": OrderedDict(), "_pid": None}
+
+    def _file(self, shard: int):
+        if self._pid != os.getpid():  # a forked DataLoader worker: its own handles, not its parent's
+            self._files, self._pid = OrderedDict(), os.getpid()
+        f = self._files.get(shard)
+        if f is None:
+            if len(self._files) >= self.MAX_OPEN:
+                self._files.popitem(last=False)[1].close()
+            # closed on eviction or with the dataset; unbuffered: pread bypasses Python's buffer anyway
+            f = self._files[shard] = open(self.paths[shard], "rb", buffering=0)  # noqa: SIM115
+        self._files.move_to_end(shard)
+        return f
+
+    def read(self, i: int) -> np.ndarray:
+        """uint8 (H, W, 3) of frame ``i``."""
+        from PIL import UnidentifiedImageError
+
+        shard, offset, size = self._index[i].tolist()
+        path = self.paths[shard]
+        block = tarfile.BLOCKSIZE
+        buf = os.pread(self._file(shard).fileno(), block + size, offset - block)
+        where = f"{path}: frame {i} (byte {offset})"
+        if len(buf) < block + size:
+            raise HandEyeError(f"{where}: shard ends early; copy the shard again or re-run extract-frames")
+        try:
+            info = tarfile.TarInfo.frombuf(buf[:block], "utf-8", "surrogateescape")
+        except tarfile.HeaderError:
+            info = None
+        if info is None or info.size != size or not info.name.endswith(".jpg"):
+            raise HandEyeError(f"{where}: no tar member of {size} bytes there (damaged shard, or frames.csv of "
+                               f"another run); re-run extract-frames")
+        try:
+            img = decode_jpeg(buf[block:])
+        except (UnidentifiedImageError, OSError) as e:
+            raise HandEyeError(f"{where}: member {info.name} does not decode ({e}); re-run extract-frames") from None
+        if self.resolution is not None and img.shape[:2] != self.resolution:
+            raise HandEyeError(f"{where}: member {info.name} is {img.shape[1]}x{img.shape[0]}, the others "
+                               f"{self.resolution[1]}x{self.resolution[0]}; re-run extract-frames")
+        return img
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -553,7 +748,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolution", type=int, help="output side in pixels")
     p.add_argument("--fps", type=float, help="frames per second of video to sample")
     p.add_argument("--every-n", type=int, help="sample every N-th frame (instead of --fps)")
-    p.add_argument("--format", choices=["npy", "png", "jpg"], help="npy shards, or one image file per frame")
+    p.add_argument("--format", choices=["npy", "wds", "png", "jpg"],
+                   help="npy shards, wds (JPEG tar shards), or one image file per frame")
     p.add_argument("--shard-size", type=int, help="frames per shard")
     p.add_argument("--dedup", action=argparse.BooleanOptionalAction, default=None,
                    help="embedding dedup on/off")

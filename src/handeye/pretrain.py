@@ -14,11 +14,13 @@ epoch), ``timings.json`` and ``run_manifest.json``. Rerunning the same command o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,11 +28,12 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from handeye import repro, vit
+from handeye import distributed, repro, vit
 from handeye.config import PARAMS_FILE, load_config
+from handeye.distributed import World
 from handeye.errors import HandEyeError
 from handeye.mae import DecoderArch, MaskedAutoencoder
 
@@ -47,7 +50,9 @@ class PretrainConfig:
     norm_pix_loss: bool = True  # regress per-patch normalised pixels (the official released weights' loss)
     epochs: int = 20  # passes over the frames; 0 exports the initial weights without training
     warmup_epochs: float = 2.0  # linear learning-rate warmup before the cosine decay
-    batch_size: int = 64  # images per optimiser step (official: 4096)
+    batch_size: int = 64  # images per optimiser step over all ranks (official: 4096); the recipe does not
+    # change with the cluster: each rank's forward pass takes batch_size / (world size x accum_iter) images
+    accum_iter: int = 1  # micro-steps whose gradients add up to one optimiser step (for memory, not recipe)
     blr: float = 1.5e-4  # base learning rate: lr = blr * batch_size / 256
     min_lr: float = 0.0  # floor of the per-iteration cosine schedule
     weight_decay: float = 0.05  # AdamW decay; none on norms, biases, position embeddings and tokens
@@ -57,10 +62,10 @@ class PretrainConfig:
     imagenet_init: str = "out/models/imagenet/checkpoint.pt"  # what init 'imagenet' loads
     freeze_blocks: int = 0  # freeze patch/pos embedding, CLS token and the first N encoder blocks
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the hardware has bf16 math
-    device: str = "auto"  # auto: cuda when available, else cpu (bit-exact resume is checked on the CPU)
+    device: str = "auto"  # auto: this rank's GPU (cuda:LOCAL_RANK) when CUDA is there, else cpu
     threads: int = 2  # CPU threads; the bits of a run depend on it (FIELD_NOTES)
     num_workers: int = 0  # DataLoader workers; frames are memory-mapped, so 0 is fast on small machines
-    seed: int = 0  # seeds init, masking, augmentation and shuffling
+    seed: int = 0  # seeds init, and per (epoch, frame) the shuffle, crop, flip and masking
     checkpoint_every_s: float = 60.0  # wall seconds between checkpoints (and dvclive updates); the last epoch
     # is always saved. The demo's 1-2 s epochs would otherwise spend a tenth of their time saving
     preview_images: int = 6  # frames shown in preview.png
@@ -76,24 +81,93 @@ class PretrainResult:
 
 
 # ----------------------------------------------------------------------------------------------- data
-class CropFlip(Dataset):
-    """Frames as uint8 (3, S, S): RandomResizedCrop(crop_scale) + horizontal flip. Normalising happens per
-    batch in float on the training device, where it is one vectorised op."""
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
-    def __init__(self, frames: Dataset, size: int, scale: tuple[float, float]):
-        from torchvision.transforms import v2
 
-        self.frames = frames
-        self.transform = v2.Compose([
-            v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-            v2.RandomHorizontalFlip(),
-        ])
+def crop_box(h: int, w: int, scale: tuple[float, float], g: torch.Generator,
+             ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """RandomResizedCrop's box (top, left, height, width), drawn from ``g``: torchvision's sampling (ten tries
+    of an area in ``scale`` and a log-uniform aspect ratio, else a centre crop), with a generator of its own."""
+    area, log_ratio = h * w, (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * torch.empty(1).uniform_(scale[0], scale[1], generator=g).item()
+        aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=g).item())
+        cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            top = int(torch.randint(0, h - ch + 1, (1,), generator=g))
+            left = int(torch.randint(0, w - cw + 1, (1,), generator=g))
+            return top, left, ch, cw
+    if w / h < ratio[0]:
+        cw, ch = w, round(w / ratio[0])
+    elif w / h > ratio[1]:
+        cw, ch = round(h * ratio[1]), h
+    else:
+        cw, ch = w, h
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+class MaskedSamples(Dataset):
+    """Frame i of one epoch -> (uint8 (3, S, S), noise (L,)): a RandomResizedCrop(scale) + horizontal flip,
+    and the masking noise. All three come from a generator seeded by (seed, epoch, i), so a sample is the
+    same whichever rank, worker or batch loads it: world size 2 with batch b trains on what world size 1 with
+    batch 2b does. Normalising happens per batch in float on the training device (one vectorised op)."""
+
+    def __init__(self, frames: Dataset, size: int, scale: tuple[float, float], num_patches: int, seed: int,
+                 epoch: int):
+        self.frames, self.size, self.scale, self.num_patches = frames, size, scale, num_patches
+        self.seed, self.epoch = seed, epoch
 
     def __len__(self) -> int:
         return len(self.frames)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(self.frames[i])
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
+
+        g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, i))
+        frame = self.frames[i]
+        top, left, h, w = crop_box(frame.shape[-2], frame.shape[-1], self.scale, g)
+        img = F.resized_crop(frame, top, left, h, w, [self.size, self.size], InterpolationMode.BICUBIC,
+                             antialias=True)
+        if torch.rand(1, generator=g).item() < 0.5:
+            img = F.horizontal_flip(img)
+        return img, torch.rand(self.num_patches, generator=g)
+
+
+class EpochSampler(Sampler[int]):
+    """One rank's frames of one epoch, in the order it trains on them.
+
+    The epoch is a permutation of the n frames seeded by (seed, epoch) alone, cut into global batches of
+    ``batch_size`` (a tail short of a batch is dropped, as drop_last does). Each global batch is split into
+    ``accum`` micro-steps and each micro-step into ``world_size`` slices; rank r takes slice r. So every used
+    frame goes to exactly one rank once, and the global batches do not depend on the layout."""
+
+    def __init__(self, n: int, batch_size: int, world_size: int, rank: int, accum: int, seed: int, epoch: int):
+        self.micro = micro_batch(batch_size, world_size, accum)
+        self.n, self.batch_size, self.world_size, self.rank, self.accum = n, batch_size, world_size, rank, accum
+        self.seed, self.epoch = seed, epoch
+
+    @property
+    def steps(self) -> int:
+        return self.n // self.batch_size
+
+    def __len__(self) -> int:
+        return self.steps * self.accum * self.micro
+
+    def __iter__(self) -> Iterator[int]:
+        g = repro.torch_generator(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
+        order = torch.randperm(self.n, generator=g)[: self.steps * self.batch_size]
+        mine = order.view(self.steps, self.accum, self.world_size, self.micro)[:, :, self.rank]
+        return iter(mine.reshape(-1).tolist())
+
+
+def micro_batch(batch_size: int, world_size: int, accum: int) -> int:
+    """Images per rank per forward pass, so that world_size x accum of them make one optimiser step."""
+    if accum < 1 or batch_size % (world_size * accum):
+        raise HandEyeError(f"pretrain.batch_size {batch_size} is not divisible by world size {world_size} x "
+                           f"pretrain.accum_iter {accum}; choose a batch size that is, or another world size")
+    return batch_size // (world_size * accum)
 
 
 def load_frames(data_dir: Path, img_size: int, batch_size: int):
@@ -120,12 +194,15 @@ def normalise(imgs: torch.Tensor) -> torch.Tensor:
     return (imgs.float() / 255.0 - mean) / std
 
 
-def make_loader(data: Dataset, cfg: PretrainConfig, epoch: int) -> DataLoader:
-    """A shuffle of its own per epoch, seeded by (seed, epoch), so a resumed run sees the same order."""
-    seed = int(np.random.SeedSequence([cfg.seed, epoch]).generate_state(1)[0])
-    return DataLoader(data, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.num_workers,
-                      generator=repro.torch_generator(seed), worker_init_fn=repro.seed_worker,
-                      persistent_workers=False)
+def make_loader(frames: Dataset, model: MaskedAutoencoder, cfg: PretrainConfig, world: World,
+                epoch: int) -> DataLoader:
+    """This rank's micro-batches of one epoch; a resumed run sees the same ones, since all is seeded."""
+    data = MaskedSamples(frames, model.arch.img_size, tuple(cfg.crop_scale), model.arch.num_patches, cfg.seed,
+                         epoch)
+    sampler = EpochSampler(len(frames), cfg.batch_size, world.world_size, world.rank, cfg.accum_iter, cfg.seed,
+                           epoch)
+    return DataLoader(data, batch_size=sampler.micro, sampler=sampler, num_workers=cfg.num_workers,
+                      worker_init_fn=repro.seed_worker, persistent_workers=False)
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -134,7 +211,7 @@ def build_model(cfg: PretrainConfig) -> MaskedAutoencoder:
     return MaskedAutoencoder(vit.arch_by_name(cfg.arch), decoder, cfg.norm_pix_loss)
 
 
-def initialise(model: MaskedAutoencoder, cfg: PretrainConfig) -> dict[str, Any]:
+def initialise(model: MaskedAutoencoder, cfg: PretrainConfig, log=print) -> dict[str, Any]:
     """Load ``cfg.init`` into ``model`` (random: keep the MAE init). Returns the provenance of the init."""
     if cfg.init == "random":
         return {"init": "random", "seed": cfg.seed}
@@ -147,7 +224,7 @@ def initialise(model: MaskedAutoencoder, cfg: PretrainConfig) -> dict[str, Any]:
     if w.arch != model.arch:
         raise HandEyeError(f"{source} is a {w.arch} encoder but pretrain.arch '{cfg.arch}' is {model.arch}")
     if w.decoder is None:
-        print(f"pretrain: {source} has no decoder; the decoder starts from a fresh MAE init")
+        log(f"pretrain: {source} has no decoder; the decoder starts from a fresh MAE init")
     else:
         if w.decoder_arch is not None and DecoderArch(**w.decoder_arch) != model.decoder_arch:
             raise HandEyeError(f"{source} has decoder {w.decoder_arch} but params give {model.decoder_arch}; "
@@ -190,32 +267,51 @@ def make_optimizer(model: MaskedAutoencoder, cfg: PretrainConfig, iters_per_epoc
 
 
 # --------------------------------------------------------------------------------------------- engine
-def train_one_epoch(model: MaskedAutoencoder, loader: DataLoader, optimizer, scheduler, cfg: PretrainConfig,
-                    device: torch.device, amp: torch.dtype | None, epoch: int) -> float:
-    """One pass; the lr follows the schedule per iteration. Returns the mean loss."""
+def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer, scheduler, cfg: PretrainConfig,
+                    world: World, device: torch.device, amp: torch.dtype | None, epoch: int) -> float:
+    """One pass; the lr follows the schedule per optimiser step. ``model`` is the MaskedAutoencoder, or its
+    DistributedDataParallel wrapper, which averages the gradients over ranks. Returns the mean loss over
+    every rank's images."""
     model.train()
-    losses = []
-    for imgs in tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False):
-        x = normalise(imgs.to(device, non_blocking=True))
-        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-            loss, _, _ = model(x, cfg.mask_ratio)
-        if not torch.isfinite(loss):
-            raise HandEyeError(f"loss is {loss.item()} at epoch {epoch}; lower pretrain.blr or use precision fp32")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+    losses, step_loss = [], torch.zeros((), device=device)
+    for i, (imgs, noise) in enumerate(tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False,
+                                           disable=not world.is_main)):
+        last = (i + 1) % cfg.accum_iter == 0
+        # Only the last micro-step of a step all-reduces; the others accumulate their gradients locally.
+        sync = contextlib.nullcontext() if last or not world.distributed else model.no_sync()
+        with sync:
+            with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+                loss, _, _ = model(normalise(imgs.to(device, non_blocking=True)), cfg.mask_ratio, noise.to(device))
+            (loss / cfg.accum_iter).backward()
+        step_loss += loss.detach() / cfg.accum_iter
+        if not last:
+            continue
+        # Every rank checks the same global loss, so a divergence stops all of them, not one in a collective.
+        step_loss = distributed.all_reduce_mean(world, step_loss)
+        if not torch.isfinite(step_loss):
+            raise distributed.RankError(f"loss is {step_loss.item()} at epoch {epoch}; lower pretrain.blr or use "
+                                        f"precision fp32", quiet=not world.is_main)
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        losses.append(loss.detach())
+        losses.append(step_loss)
+        step_loss = torch.zeros((), device=device)
     return torch.stack(losses).mean().item()
 
 
 # ----------------------------------------------------------------------------------------- checkpoint
+LAYOUT = ("accum_iter",)  # how a step's batch is split over ranks and micro-steps: not part of the recipe
+
+
 def resolved_config(cfg: PretrainConfig, data_dir: Path) -> dict[str, Any]:
-    """What decides the bits: the config, the data folder and the content of the frames (frames.csv lists
+    """What decides the recipe: the config, the data folder and the content of the frames (frames.csv lists
     every frame's sha1) and of the init weights, not the output folder, so that a run may be repeated
     elsewhere and compared byte for byte, and a checkpoint of other frames or another init is never resumed.
-    JSON round trip: tuples become lists on both sides."""
-    return json.loads(json.dumps({**dataclasses.asdict(cfg), "data_dir": str(data_dir),
+    Neither the world size nor accum_iter: a run may resume on another layout and continue the same recipe
+    (its bits then differ in the last digits: float sums in another order). JSON round trip: tuples become
+    lists on both sides."""
+    recipe = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in LAYOUT}
+    return json.loads(json.dumps({**recipe, "data_dir": str(data_dir),
                                   "frames_md5": repro.file_md5(data_dir / "frames.csv"),
                                   "init_md5": None if cfg.init == "random" else tree_md5(init_source(cfg))}))
 
@@ -244,7 +340,7 @@ def checkpoint_state(model, optimizer, scheduler, epoch: int, history: list, con
     }
 
 
-def load_checkpoint(path: Path, config: dict, restart_if_changed: bool = False) -> dict | None:
+def load_checkpoint(path: Path, config: dict, restart_if_changed: bool = False, log=print) -> dict | None:
     """The checkpoint to resume, or None (restart) when it has other settings and ``restart_if_changed``."""
     ckpt = vit.load_state(path)  # weights_only: anything but tensors and containers is refused
     if ckpt.get("format") != vit.CHECKPOINT_FORMAT:
@@ -253,7 +349,7 @@ def load_checkpoint(path: Path, config: dict, restart_if_changed: bool = False) 
         diff = sorted(k for k in set(config) | set(ckpt["config"]) if config.get(k) != ckpt["config"].get(k))
         changes = ", ".join(f"{k}: {ckpt['config'].get(k)!r} -> {config.get(k)!r}" for k in diff)
         if restart_if_changed:
-            print(f"pretrain: {path} was written with other settings ({changes}); starting over")
+            log(f"pretrain: {path} was written with other settings ({changes}); starting over")
             return None
         raise HandEyeError(f"{path} was written with other settings ({changes}); delete it to start over, "
                            f"or use another --output-dir")
@@ -333,49 +429,96 @@ def export_encoder(model: MaskedAutoencoder, cfg: PretrainConfig, out_dir: Path,
 
 
 # ---------------------------------------------------------------------------------------------- stage
-def run_pretrain(cfg: PretrainConfig, data_dir: str | Path, out_dir: str | Path,
-                 restart_if_changed: bool = False) -> PretrainResult:
+def run_pretrain(cfg: PretrainConfig, data_dir: str | Path, out_dir: str | Path, restart_if_changed: bool = False,
+                 world: World | None = None) -> PretrainResult:
     """Train (or resume) into ``out_dir``. restart_if_changed: a checkpoint with other settings or frames is
     replaced instead of refused (DVC reruns a stage exactly when those changed; its checkpoint persists only so
-    that a killed run resumes)."""
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    repro.seed_everything(cfg.seed, cfg.threads)
+    that a killed run resumes). world: this process's rank, by default as torchrun sets it (world size 1
+    without torchrun); every rank trains, rank 0 alone writes."""
+    world = world or distributed.world_from_env()
+    repro.seed_everything(cfg.seed, cfg.threads)  # every rank builds the same init
+    device = distributed.device_for(world, cfg.device)
+    with distributed.process_group(world, device):
+        return train(cfg, Path(data_dir), Path(out_dir), restart_if_changed, world, device)
+
+
+def prepare(cfg: PretrainConfig, data_dir: Path, world: World, log):
+    """Everything that a bad param or missing input breaks, before any compute: model, init, frames."""
     model = build_model(cfg)  # validates arch; init draws from the seeded RNG
     model.freeze(cfg.freeze_blocks)  # validates the range before any data is read
+    micro_batch(cfg.batch_size, world.world_size, cfg.accum_iter)
     frames = load_frames(data_dir, model.arch.img_size, cfg.batch_size)
-    data = CropFlip(frames, model.arch.img_size, tuple(cfg.crop_scale))
-    device = torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    init = initialise(model, cfg, log)
+    return model, frames, init, resolved_config(cfg, data_dir)
+
+
+def resume_point(path: Path, config: dict, restart_if_changed: bool, world: World, log) -> dict | None:
+    """The checkpoint every rank resumes from (None: start), after every rank read it and before any writes."""
+    problem, ckpt = None, None
+    try:
+        ckpt = load_checkpoint(path, config, restart_if_changed, log) if path.exists() else None
+    except HandEyeError as e:
+        problem = str(e)
+    distributed.agree(world, problem)
+    epochs = distributed.all_gather_object(world, ckpt["epoch"] if ckpt else None)
+    if len(set(epochs)) > 1:
+        raise distributed.RankError(f"ranks see different checkpoints in {path.parent} (epochs {epochs}); put the "
+                                    f"output folder on a filesystem that every node sees", quiet=not world.is_main)
+    return ckpt
+
+
+def train(cfg: PretrainConfig, data_dir: Path, out_dir: Path, restart_if_changed: bool, world: World,
+          device: torch.device) -> PretrainResult:
+    log = print if world.is_main else (lambda *_: None)
+    problem = None
+    try:
+        model, frames, init, config = prepare(cfg, data_dir, world, log)
+    except HandEyeError as e:  # raised on all ranks through agree, so that no rank waits for one that left
+        problem = str(e)
+    distributed.agree(world, problem)
+    distributed.check_same(world, config, "pretrain parameters")
     amp = autocast_dtype(cfg.precision, device)
-    config = resolved_config(cfg, data_dir)
     iters = len(frames) // cfg.batch_size
 
     path = out_dir / CHECKPOINT
-    ckpt = load_checkpoint(path, config, restart_if_changed) if path.exists() else None
-    init = ckpt["init"] if ckpt else initialise(model, cfg)
+    ckpt = resume_point(path, config, restart_if_changed, world, log)
     model.to(device)
     optimizer, scheduler = make_optimizer(model, cfg, iters)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"pretrain: {cfg.arch}, {trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters "
-          f"trainable (freeze_blocks={cfg.freeze_blocks}), {len(frames)} frames, {iters} steps/epoch, "
-          f"{'bf16 autocast' if amp else 'fp32'} on {device}")
+    layout = (f", {world.world_size} rank(s) x {micro_batch(cfg.batch_size, world.world_size, cfg.accum_iter)} "
+              f"images x {cfg.accum_iter} micro-step(s)" if world.distributed or cfg.accum_iter > 1 else "")
+    log(f"pretrain: {cfg.arch}, {trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters "
+        f"trainable (freeze_blocks={cfg.freeze_blocks}), {len(frames)} frames, {iters} steps/epoch{layout}, "
+        f"{'bf16 autocast' if amp else 'fp32'} on {device}")
     if ckpt:
         restore(ckpt, model, optimizer, scheduler)
-        print(f"pretrain: resuming {path} after epoch {ckpt['epoch']} of {cfg.epochs}")
+        init = ckpt["init"]
+        log(f"pretrain: resuming {path} after epoch {ckpt['epoch']} of {cfg.epochs}")
     else:
         ckpt = checkpoint_state(model, optimizer, scheduler, 0, [], config, init)
-        repro.atomic_torch_save(ckpt, path)  # epoch 0: a kill before the first epoch resumes here too
+        if world.is_main:
+            repro.atomic_torch_save(ckpt, path)  # epoch 0: a kill before the first epoch resumes here too
+    net = model
+    if world.distributed:  # averages gradients over ranks; nothing here changes buffers, so none are broadcast
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
 
     start, first = time.perf_counter(), ckpt["epoch"]
     history, saved = list(ckpt["history"]), start
-    for epoch in tqdm(range(first, cfg.epochs), desc="pretrain", unit="epoch", initial=first, total=cfg.epochs):
-        loss = train_one_epoch(model, make_loader(data, cfg, epoch), optimizer, scheduler, cfg, device, amp, epoch)
+    for epoch in tqdm(range(first, cfg.epochs), desc="pretrain", unit="epoch", initial=first, total=cfg.epochs,
+                      disable=not world.is_main):
+        loader = make_loader(frames, model, cfg, world, epoch)
+        loss = train_one_epoch(net, loader, optimizer, scheduler, cfg, world, device, amp, epoch)
         history.append({"epoch": epoch + 1, "loss": loss, "lr": scheduler.get_last_lr()[0]})
-        if epoch + 1 == cfg.epochs or time.perf_counter() - saved >= cfg.checkpoint_every_s:
+        if world.is_main and (epoch + 1 == cfg.epochs or time.perf_counter() - saved >= cfg.checkpoint_every_s):
             ckpt = checkpoint_state(model, optimizer, scheduler, epoch + 1, history, config, init)
             repro.atomic_torch_save(ckpt, path)
             write_live(out_dir, history)
             saved = time.perf_counter()
     seconds = time.perf_counter() - start
+    result = PretrainResult(out_dir, cfg.epochs - first, history[-1]["loss"] if history else None, seconds)
+    if not world.is_main:
+        return result
 
     if first == cfg.epochs:  # no epoch ran (an export without training, or a finished run resumed)
         write_live(out_dir, history)
@@ -383,11 +526,11 @@ def run_pretrain(cfg: PretrainConfig, data_dir: str | Path, out_dir: str | Path,
     save_preview(model, frames, cfg, out_dir / "preview.png")
     images = (cfg.epochs - first) * iters * cfg.batch_size
     repro.atomic_write_json(out_dir / "timings.json", {
-        "seconds": round(seconds, 3), "epochs_run": cfg.epochs - first,
+        "seconds": round(seconds, 3), "epochs_run": cfg.epochs - first, "world_size": world.world_size,
         "images_per_second": round(images / seconds, 1) if images else None})
-    repro.write_manifest(out_dir, "pretrain", config, cfg.seed)
-    final = history[-1]["loss"] if history else None
-    return PretrainResult(out_dir, cfg.epochs - first, final, seconds)
+    repro.write_manifest(out_dir, "pretrain", config, cfg.seed,
+                         launch={"world_size": world.world_size, "accum_iter": cfg.accum_iter, "device": str(device)})
+    return result
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -405,7 +548,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(PretrainConfig, "pretrain", args.params,
                       {"epochs": args.epochs, "init": args.init, "freeze_blocks": args.freeze_blocks})
-    result = run_pretrain(cfg, args.data_dir, args.output_dir, args.restart_if_changed)
+    world = distributed.world_from_env()
+    result = run_pretrain(cfg, args.data_dir, args.output_dir, args.restart_if_changed, world)
+    if not world.is_main:
+        return 0
     loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
     print(f"pretrain: {result.epochs_run} epoch(s) in {result.seconds:.1f} s, final loss {loss}; "
           f"encoder, checkpoint, preview and metrics in {result.out_dir}")

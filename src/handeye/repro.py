@@ -254,8 +254,9 @@ def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
     return {"model": fields.get("model name"), "flags": [f for f in KERNEL_FLAGS if f in flags]}
 
 
-def run_manifest(stage: str, config: Any, seed: int | None) -> dict[str, Any]:
-    """What produced an output: stage, resolved config, seed, code version, library versions, machine.
+def run_manifest(stage: str, config: Any, seed: int | None, launch: dict | None = None) -> dict[str, Any]:
+    """What produced an output: stage, resolved config, seed, code version, library versions, machine, and
+    (``launch``) how a distributed stage was laid out (world size, ...), which is not part of its config.
     torch's thread count and CPU capability (which decide its bits) only when the stage ran torch: a stage
     that did not import it is spared the import (~2.5 s)."""
     torch = sys.modules.get("torch")
@@ -270,16 +271,17 @@ def run_manifest(stage: str, config: Any, seed: int | None) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads() if torch else None,
         "cpu_capability": torch.backends.cpu.get_cpu_capability() if torch else None,
         "cpu": cpu_description(),
+        **({"launch": launch} if launch else {}),
     }
 
 
 def write_manifest(out_dir: str | os.PathLike, stage: str, config: Any, seed: int | None,
-                   name: str = "run_manifest.json") -> Path:
+                   name: str = "run_manifest.json", launch: dict | None = None) -> Path:
     """Write ``run_manifest.json`` into ``out_dir`` atomically and return its path.
 
     Declare it as a DVC output of its own (cached, so that `dvc pull` brings the provenance too); it holds
     the commit, so `handeye verify` exempts it from the bit-for-bit check of the real outputs.
     """
     path = Path(out_dir) / name
-    atomic_write_json(path, run_manifest(stage, config, seed))
+    atomic_write_json(path, run_manifest(stage, config, seed, launch))
     return path

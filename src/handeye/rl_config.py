@@ -10,11 +10,11 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class EnvConfig:
-    num_envs: int = 16  # environments stepped in lockstep
+    num_envs: int = 16  # environments stepped in lockstep (per rank under torchrun)
     episode_length_s: float = 10.0  # time limit (Isaac Lab: 10 s); reaching it is a time-out, not a failure
     control_dt: float = 1 / 60  # s per policy step (Isaac Lab: sim dt 1/120, decimation 2)
     image_size: int = 64  # square camera images (Isaac Lab renders 120x120)
-    workers: int = 2  # MuJoCo: processes that step and render the envs (0 = in this process)
+    workers: int = 2  # MuJoCo: processes that step and render the envs, per rank (0 = in this process)
     reset_position_noise: float = 0.01  # m, uniform noise on the cube's spawn position (Isaac Lab)
     reset_dof_pos_noise: float = 0.2  # fraction of the joint range added to the hand's start pose (Isaac Lab)
     vel_obs_scale: float = 0.2  # joint/angular velocities are scaled by this in observations (Isaac Lab)
@@ -26,7 +26,7 @@ class EnvConfig:
 class RLConfig:
     backend: str = "mujoco"  # mujoco (CPU, runs here) or isaaclab (GPU, docker/Dockerfile.isaaclab)
     encoder: str = "imagenet"  # encoder spec (handeye.encoders.load_encoder): registry name or checkpoint path
-    seed: int = 0  # seeds torch, the env's generator and PPO
+    seed: int = 0  # seeds torch, the env's generator and PPO (rank r of a launch: seed + r)
     encoders: list[str] = field(default_factory=lambda: ["random", "imagenet", "ego_frozen", "epic_frozen"])  # DVC matrix and figures
     seeds: list[int] = field(default_factory=lambda: [0])  # DVC matrix and figure bands
     out_dir: str = "out/rl"  # runs go to <out_dir>/<encoder>_s<seed>
@@ -51,7 +51,7 @@ class RLConfig:
     gamma: float = 0.99
     lam: float = 0.95  # GAE lambda
     max_grad_norm: float = 1.0
-    threads: int = 2  # torch threads (bits depend on it; FIELD_NOTES)
+    threads: int = 2  # torch threads per rank (bits depend on it; FIELD_NOTES)
     env: EnvConfig = field(default_factory=EnvConfig)
 
 

@@ -1,8 +1,10 @@
 """GPU backend: Isaac Lab's Shadow hand vision repose-cube task with two cameras and our frozen encoder.
 
-Runs only where Isaac Lab is installed (docker/Dockerfile.isaaclab, a GPU with RTX rendering): ``task.py`` and
-``train.py`` import Isaac Lab and are never imported elsewhere. ``views.py`` holds the pure parts (camera
-poses, splitting the tiled camera's output into the two views, observation layout), tested on the CPU.
+Runs only where Isaac Lab is installed (docker/Dockerfile.isaaclab, a GPU with RTX rendering): ``task.py``
+imports Isaac Lab and is never imported elsewhere; ``train.py`` imports it inside ``train`` only, and trains
+with ``handeye.rl_runner`` (never ``handeye.rl``, which imports this package). ``views.py`` and the rest of
+``train.py`` are the pure parts (camera poses, splitting the tiled camera's output into the two views,
+observation layout, the env cfg overrides of a rank), tested on the CPU.
 """
 
 from __future__ import annotations
