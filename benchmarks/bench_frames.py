@@ -5,7 +5,7 @@ training-read throughput of the shard formats.
     .venv/bin/python benchmarks/bench_frames.py --part reads [--read-frames 2048,1024]
 
 Without --videos it encodes its own H.264 and H.265 clips (moving gradients + noise) into a temp folder.
-For each sampling setting it times ``handeye.frames.run_frames`` (dedup off, npy shards written; the decoder
+For each sampling setting it times ``handeye.data.frames.run_frames`` (dedup off, npy shards written; the decoder
 it chose, decord or PyAV, is printed) and a plain
 PyAV loop that decodes every frame and converts the requested ones to RGB arrays; both in this run, on the
 same files, each the best of --repeat interleaved runs. The extractor's time includes its
@@ -39,8 +39,9 @@ import av
 import numpy as np
 from PIL import Image
 
-from handeye import frames, repro, video
-from handeye.dedup import embed_frames
+from handeye import repro
+from handeye.data import frames, video
+from handeye.data.dedup import embed_frames
 
 CODECS = {"h264": "libx264", "hevc": "libx265"}
 
@@ -101,7 +102,7 @@ def bench_extraction(videos: Path, cfg: frames.FramesConfig, repeat: int) -> dic
 
 
 def bench_dedup(spec: str | None, n: int, resolution: int) -> dict:
-    from handeye import encoders
+    from handeye.models import encoders
 
     if spec and Path(spec).exists():
         enc, name = encoders.load_encoder(spec), spec

@@ -26,9 +26,9 @@ import handeye  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 # isort: split
 import torch
 
-from handeye.mae import DecoderArch, MaskedAutoencoder
+from handeye.models.mae import DecoderArch, MaskedAutoencoder
+from handeye.models.vit import ViTArch, hf_to_mae_keys, sincos_pos_embed
 from handeye.pretrain import autocast_dtype
-from handeye.vit import ViTArch, hf_to_mae_keys, sincos_pos_embed
 
 MODELS = {  # name: (encoder, decoder): ViT-Tiny at 112 px and ViT-B/16 at 224 px with MAE's decoder
     "tiny": (ViTArch(112, 16, 192, 12, 3), DecoderArch(128, 4, 4)),

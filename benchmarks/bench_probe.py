@@ -25,7 +25,9 @@ from pathlib import Path
 
 import torch
 
-from handeye import encoders, epic, features, probe, repro
+from handeye import features, probe, repro
+from handeye.data import epic
+from handeye.models import encoders
 
 
 def write_dinov3(folder: Path) -> Path:

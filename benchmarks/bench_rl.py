@@ -26,8 +26,8 @@ import torch
 
 from handeye import repro
 from handeye.config import PARAMS_FILE, load_config
-from handeye.envs.mujoco_scene import SimPool, scene_info
-from handeye.rl import RLConfig
+from handeye.rl.config import RLConfig
+from handeye.rl.envs.mujoco_scene import SimPool, scene_info
 
 
 def sim_rate(envs: int, steps: int, image_size: int, workers: int, render: bool) -> float:
@@ -57,7 +57,7 @@ def env_rate(env, steps: int) -> float:
 
 def ppo_rate(env, steps: int, tmp: Path) -> float:
     """Env steps/s of whole PPO iterations (rsl-rl rollout + update, logging off)."""
-    from handeye.rl import Runner, train_cfg
+    from handeye.rl.runner import Runner, train_cfg
 
     cfg = RLConfig(num_steps_per_env=steps, actor_hidden_dims=[64, 64], critic_hidden_dims=[64, 64])
     with contextlib.redirect_stdout(io.StringIO()):  # rsl-rl prints its models
@@ -80,9 +80,9 @@ def main() -> None:
                    help="embed under bf16 autocast (slow on CPUs without native bf16 math)")
     args = p.parse_args()
     repro.seed_everything(0, threads=args.threads)
-    from handeye.encoders import load_encoder
-    from handeye.envs.base import EnvConfig
-    from handeye.envs.mujoco_env import MujocoCubeEnv
+    from handeye.models.encoders import load_encoder
+    from handeye.rl.envs.base import EnvConfig
+    from handeye.rl.envs.mujoco_env import MujocoCubeEnv
 
     encoder = load_encoder(args.encoder)
     best: dict[str, float] = {}

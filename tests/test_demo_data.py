@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import yaml
 
-from handeye import demo_data as dd
 from handeye.cli import main as cli_main
 from handeye.config import load_config
+from handeye.data import demo_data as dd
 from handeye.repro import file_md5
 from handeye.sim.demo_shots import NOUNS, VERBS
 

@@ -22,8 +22,8 @@ import yaml
 
 from handeye.config import load_config
 from handeye.repro import file_md5
-from handeye.rl import RLConfig, run_name
-from handeye.rl_figures import METRICS
+from handeye.rl.config import RLConfig, run_name
+from handeye.rl.figures import METRICS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_DIR = REPO_ROOT / ".dvc" / "plots"  # DVC's folder for custom plot templates

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from handeye import encoders, vit
-from handeye.encoders import load_encoder
 from handeye.errors import HandEyeError
+from handeye.models import encoders, vit
+from handeye.models.encoders import load_encoder
 
 TINY = vit.ViTArch(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 
@@ -61,7 +61,7 @@ def test_every_kind_embeds(spec, roots, tmp_path):
     elif spec == "path:dinov3":
         spec = str(weights / "dinov3-standin")
     elif spec.startswith("path:") and not hasattr(vit, "load_pretrained_encoder"):
-        pytest.skip("handeye.vit.load_pretrained_encoder (other MAE formats) not in this checkout")
+        pytest.skip("handeye.models.vit.load_pretrained_encoder (other MAE formats) not in this checkout")
     elif spec == "path:mae_pth":  # the official encoder-only layout: {'model': timm encoder state}
         torch.save({"model": vit.build_vit(TINY).state_dict()}, tmp_path / "mae_pretrain_tiny.pth")
         spec = str(tmp_path / "mae_pretrain_tiny.pth")

@@ -8,9 +8,9 @@ import torch
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from handeye.envs import base, rewards
-from handeye.envs.base import EnvConfig
-from handeye.vit import Preprocess
+from handeye.models.vit import Preprocess
+from handeye.rl.envs import base, rewards
+from handeye.rl.envs.base import EnvConfig
 
 EMBED_DIM = 6
 
@@ -34,7 +34,7 @@ class FakeEncoder:
 
 
 def make_env(**kw):
-    from handeye.envs.mujoco_env import MujocoCubeEnv
+    from handeye.rl.envs.mujoco_env import MujocoCubeEnv
 
     cfg = EnvConfig(**{"num_envs": 2, "workers": 0, "image_size": 32, "episode_length_s": 1.0, **kw})
     return MujocoCubeEnv(cfg, FakeEncoder(), seed=0)
@@ -128,8 +128,8 @@ def test_worker_processes_give_the_same_bits_as_one_process():
 
 
 def test_bf16_embeddings_match_float32():
-    from handeye.encoders import load_encoder
-    from handeye.envs.mujoco_env import embed_images
+    from handeye.models.encoders import load_encoder
+    from handeye.rl.envs.mujoco_env import embed_images
 
     enc = load_encoder("random:vit_demo_patch8_64")
     images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -144,15 +144,15 @@ def test_bf16_embeddings_match_float32():
 
 
 def test_isaaclab_is_refused_here_with_the_docker_hint():
-    from handeye.envs.isaaclab import require_isaaclab
     from handeye.errors import HandEyeError
+    from handeye.rl.envs.isaaclab import require_isaaclab
 
     with pytest.raises(HandEyeError, match="Dockerfile.isaaclab"):
         require_isaaclab()
 
 
 def test_isaaclab_cameras_look_at_the_cube():
-    from handeye.envs.isaaclab import views
+    from handeye.rl.envs.isaaclab import views
 
     for eye, target in views.CAMERAS:
         q = torch.tensor([views.look_at_quat(eye, target)], dtype=torch.float32)
@@ -164,7 +164,7 @@ def test_isaaclab_cameras_look_at_the_cube():
 
 
 def test_isaaclab_split_views_keeps_env_major_order():
-    from handeye.envs.isaaclab.views import split_views
+    from handeye.rl.envs.isaaclab.views import split_views
 
     rgb = torch.zeros(4, 8, 8, 4)
     for i in range(4):

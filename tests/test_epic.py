@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handeye import epic
+from handeye.data import epic
 from handeye.errors import HandEyeError
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "epic100"

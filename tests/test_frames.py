@@ -20,9 +20,10 @@ import torch
 from PIL import Image
 from test_video import CODECS, index_frame, read_index, write_video
 
-from handeye import cli, dedup, frames
+from handeye import cli
+from handeye.data import dedup, frames
 from handeye.errors import HandEyeError
-from handeye.vit import Preprocess
+from handeye.models.vit import Preprocess
 
 RES = 32
 
@@ -164,7 +165,7 @@ def test_a_folder_of_images_is_extracted_without_importing_torch(tmp_path):
     src = tmp_path / "generic"
     src.mkdir()
     Image.fromarray(index_frame(5)).save(src / "a.png")
-    code = ("import sys; from handeye import frames; "
+    code = ("import sys; from handeye.data import frames; "
             f"frames.run_frames(frames.FramesConfig(resolution={RES}), {str(src)!r}, {str(tmp_path / 'out')!r}, "
             "progress=False); print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -344,7 +345,7 @@ def test_config_errors(tmp_path):
 
 
 def test_dedup_through_load_encoder(tmp_path):
-    """The configured spec goes through handeye.encoders.load_encoder (a random demo-size ViT here)."""
+    """The configured spec goes through handeye.models.encoders.load_encoder (a random demo-size ViT here)."""
     src = tmp_path / "clips"
     src.mkdir()
     write_video(src / "still.mp4", "h264", frames=[index_frame(3)] * 8 + [index_frame(4000)] * 4)

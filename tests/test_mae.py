@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from handeye.errors import HandEyeError
-from handeye.mae import DecoderArch, MaskedAutoencoder
-from handeye.vit import ARCHS, load_pretrained, sincos_pos_embed
+from handeye.models.mae import DecoderArch, MaskedAutoencoder
+from handeye.models.vit import ARCHS, load_pretrained, sincos_pos_embed
 
 ARCH = ARCHS["vit_test_patch8_32"]
 DEC = DecoderArch(16, 1, 2)

@@ -15,9 +15,10 @@ import pytest
 import torch
 import yaml
 
-from handeye import cli, vit
+from handeye import cli
 from handeye.config import load_config
 from handeye.errors import HandEyeError
+from handeye.models import vit
 from handeye.pretrain import PretrainConfig, build_model, initialise, lr_factor, run_pretrain
 
 TINY = {"arch": "vit_test_patch8_32", "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2,

@@ -14,9 +14,9 @@ import torch
 from test_pretrain import cfg, write_frames, write_params
 from torch.utils.data import DataLoader
 
-from handeye import vit
+from handeye.data.frames import FrameDataset
 from handeye.errors import HandEyeError
-from handeye.frames import FrameDataset
+from handeye.models import vit
 from handeye.pretrain import EpochSampler, MaskedSamples, crop_box, micro_batch, run_pretrain
 
 # World size 2 cannot be bitwise equal to world size 1: each rank's gradient is the mean of its half-batch and

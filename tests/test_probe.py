@@ -12,8 +12,10 @@ import pytest
 import torch
 import yaml
 
-from handeye import cli, epic, features, probe, vit
+from handeye import cli, features, probe
+from handeye.data import epic
 from handeye.errors import HandEyeError
+from handeye.models import vit
 
 TINY = vit.ViTArch(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 FAST = probe.ProbeConfig(epochs=60, batch_size=8, blr=300.0, warmup_epochs=3)  # tiny set: few steps, big lr

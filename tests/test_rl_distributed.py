@@ -23,10 +23,10 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 from handeye import distributed
 from handeye.distributed import World
-from handeye.envs.isaaclab.train import apply_overrides, env_cfg_overrides
 from handeye.errors import HandEyeError
-from handeye.rl_config import RLConfig
-from handeye.rl_runner import Runner, train_cfg
+from handeye.rl.config import RLConfig
+from handeye.rl.envs.isaaclab.train import apply_overrides, env_cfg_overrides
+from handeye.rl.runner import Runner, train_cfg
 
 TESTS = Path(__file__).resolve().parent
 
@@ -56,7 +56,7 @@ def main(out: Path, dumps: Path) -> None:
     from test_envs import FakeEncoder
     from test_rl import tiny
 
-    from handeye.rl import run_rl
+    from handeye.rl.train import run_rl
 
     dump_updates(dumps, distributed.world_from_env().rank)
     run_rl(tiny(out), encoder=FakeEncoder())

@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from handeye import video
+from handeye.data import video
 
 W, H = 96, 64  # 3:2, so that extraction exercises the centre crop
 BITS = 12  # 3 rows x 4 columns of 16 px blocks inside the centre 64x64 square

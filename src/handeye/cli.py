@@ -15,14 +15,14 @@ from handeye.errors import HandEyeError
 
 # name -> (module, one-line help). Add a stage here and give its module add_arguments/main.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo-data": ("handeye.demo_data", "generate the embedded demo dataset (ego/, epic/, generic/)"),
+    "demo-data": ("handeye.data.demo_data", "generate the embedded demo dataset (ego/, epic/, generic/)"),
     "profile": ("handeye.profile", "write the resolved parameters of a profile (demo, paper)"),
-    "extract-frames": ("handeye.frames", "decode, deduplicate and shard the frames of a video corpus"),
+    "extract-frames": ("handeye.data.frames", "decode, deduplicate and shard the frames of a video corpus"),
     "pretrain": ("handeye.pretrain", "MAE pretraining of one strategy (random/imagenet/PATH init, frozen blocks)"),
     "features": ("handeye.features", "embed the frames of every EPIC segment once per encoder (feature cache)"),
     "probe": ("handeye.probe", "linear probe (verb/noun/action) on cached EPIC features of one encoder"),
     "report": ("handeye.report", "write paper_figs/: recognition table (.md/.tex), probe chart, other sections"),
-    "rl": ("handeye.rl", "PPO (rsl-rl) on two-camera cube reorientation through a frozen encoder"),
+    "rl": ("handeye.rl.train", "PPO (rsl-rl) on two-camera cube reorientation through a frozen encoder"),
     "verify": ("handeye.verify", "re-run the pipeline, check outputs bit for bit against dvc.lock"),
 }
 

@@ -31,9 +31,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from handeye import encoders, epic, repro
+from handeye import repro
 from handeye.config import PARAMS_FILE, load_config
+from handeye.data import epic
 from handeye.errors import HandEyeError
+from handeye.models import encoders
 
 FEATURES_ROOT = Path("out/features")
 

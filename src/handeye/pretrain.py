@@ -31,18 +31,19 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from handeye import distributed, repro, vit
+from handeye import distributed, repro
 from handeye.config import PARAMS_FILE, load_config
 from handeye.distributed import World
 from handeye.errors import HandEyeError
-from handeye.mae import DecoderArch, MaskedAutoencoder
+from handeye.models import vit
+from handeye.models.mae import DecoderArch, MaskedAutoencoder
 
 CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    arch: str = "vit_demo_patch8_64"  # encoder (handeye.vit.ARCHS); paper: vit_base_patch16_224
+    arch: str = "vit_demo_patch8_64"  # encoder (handeye.models.vit.ARCHS); paper: vit_base_patch16_224
     decoder_embed_dim: int = 512  # decoder width (official MAE: 512)
     decoder_depth: int = 8  # decoder blocks (official: 8)
     decoder_num_heads: int = 16  # decoder attention heads (official: 16)
@@ -172,7 +173,7 @@ def micro_batch(batch_size: int, world_size: int, accum: int) -> int:
 
 def load_frames(data_dir: Path, img_size: int, batch_size: int):
     """The frame shards of ``data_dir``, checked against the encoder's input size and the batch size."""
-    from handeye.frames import FrameDataset
+    from handeye.data.frames import FrameDataset
 
     if not Path(data_dir).is_dir():
         raise HandEyeError(f"data folder {data_dir} not found; extract frames first (`handeye extract-frames`)")

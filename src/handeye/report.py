@@ -22,7 +22,7 @@ from handeye.repro import atomic_write_text
 
 SECTIONS: dict[str, str] = {
     "recognition": "handeye.report:write_recognition",
-    "rl": "handeye.rl_figures:write_rl_figures",  # DVC stage report_rl (`handeye report --section rl`)
+    "rl": "handeye.rl.figures:write_rl_figures",  # DVC stage report_rl (`handeye report --section rl`)
 }
 
 # The study's names of its rows, by row key (the key of report.encoders, also out/probe/<key>).

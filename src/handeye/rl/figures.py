@@ -17,7 +17,7 @@ import pandas as pd
 
 from handeye.config import load_config
 from handeye.errors import HandEyeError
-from handeye.rl_config import RLConfig, run_name
+from handeye.rl.config import RLConfig, run_name
 
 # metric (dvclive name) -> (file stem, axis label)
 METRICS = {

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
-from handeye.encoders import Encoder
-from handeye.envs import rewards
-from handeye.envs.base import NUM_ACTIONS, CubeReorientEnv, EnvConfig, policy_obs, privileged_obs
-from handeye.envs.mujoco_scene import SimPool, scene_info
+from handeye.models.encoders import Encoder
+from handeye.rl.envs import rewards
+from handeye.rl.envs.base import NUM_ACTIONS, CubeReorientEnv, EnvConfig, policy_obs, privileged_obs
+from handeye.rl.envs.mujoco_scene import SimPool, scene_info
 
 
 class MujocoCubeEnv(CubeReorientEnv):

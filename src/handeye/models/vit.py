@@ -154,7 +154,7 @@ def load_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], sou
 
 # ------------------------------------------------------------------------- pretrained MAE weights, any format
 MAE_LICENSE = "CC-BY-NC-4.0 (facebookresearch/mae weights)"
-CHECKPOINT_FORMAT = "handeye.mae-checkpoint/1"  # pretrain.py's training checkpoint
+CHECKPOINT_FORMAT = "handeye.models.mae-checkpoint/1"  # pretrain.py's training checkpoint
 DECODER_KEYS = ("mask_token", "decoder_")  # official MAE: decoder keys start with these
 
 

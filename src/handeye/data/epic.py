@@ -238,7 +238,7 @@ def _tar_segments(tar_path: Path, segs: list[Segment], idx: list[int], k: int, s
 
 def _video_segments(path: Path, segs: list[Segment], idx: list[int], k: int, short_side: int | None,
                     missing: MissingReport) -> Iterator[tuple[int, np.ndarray]]:
-    from handeye import video
+    from handeye.data import video
 
     try:
         info = video.probe(path)

@@ -25,7 +25,7 @@ class EnvConfig:
 @dataclass(frozen=True)
 class RLConfig:
     backend: str = "mujoco"  # mujoco (CPU, runs here) or isaaclab (GPU, docker/Dockerfile.isaaclab)
-    encoder: str = "imagenet"  # encoder spec (handeye.encoders.load_encoder): registry name or checkpoint path
+    encoder: str = "imagenet"  # encoder spec (handeye.models.encoders.load_encoder): registry name or checkpoint path
     seed: int = 0  # seeds torch, the env's generator and PPO (rank r of a launch: seed + r)
     encoders: list[str] = field(default_factory=lambda: ["random", "imagenet", "ego_frozen", "epic_frozen"])  # DVC matrix and figures
     seeds: list[int] = field(default_factory=lambda: [0])  # DVC matrix and figure bands

@@ -2,7 +2,7 @@
 
 Runs only where Isaac Lab is installed (docker/Dockerfile.isaaclab, a GPU with RTX rendering): ``task.py``
 imports Isaac Lab and is never imported elsewhere; ``train.py`` imports it inside ``train`` only, and trains
-with ``handeye.rl_runner`` (never ``handeye.rl``, which imports this package). ``views.py`` and the rest of
+with ``handeye.rl.runner`` (never ``handeye.rl.train``, which imports this package). ``views.py`` and the rest of
 ``train.py`` are the pure parts (camera poses, splitting the tiled camera's output into the two views,
 observation layout, the env cfg overrides of a rank), tested on the CPU.
 """
@@ -12,8 +12,6 @@ from __future__ import annotations
 import importlib.util
 
 from handeye.errors import HandEyeError
-
-TASK_ID = "HandEye-Reorient-Cube-Shadow-TwoCam-v0"
 
 
 def require_isaaclab() -> None:
@@ -25,6 +23,6 @@ def require_isaaclab() -> None:
 def run_isaaclab(cfg, resume: bool = False):
     """``handeye rl --backend isaaclab``: train through Isaac Lab's rsl-rl wrapper (inside its container)."""
     require_isaaclab()
-    from handeye.envs.isaaclab.train import train
+    from handeye.rl.envs.isaaclab.train import train
 
     return train(cfg, resume)

@@ -1,14 +1,14 @@
 """Stage `rl`: PPO (rsl-rl's OnPolicyRunner) on the two-camera cube reorientation task, through a frozen encoder.
 
     handeye rl --encoder imagenet --seed 0 [--backend mujoco|isaaclab] [--resume]
-    torchrun --nproc_per_node N -m handeye rl ...     # N ranks, each with rl.env.num_envs envs (rl_runner.py)
+    torchrun --nproc_per_node N -m handeye rl ...     # N ranks, each with rl.env.num_envs envs (rl/runner.py)
 
 writes ``out/rl/<encoder>_s<seed>/``: ``live/`` (dvclive metrics, one step per PPO iteration, bit-for-bit
 repeatable), ``timings.json`` (wall clock: the one output that cannot repeat), ``checkpoints/model_<it>.pt``,
 ``policy.pt`` (final actor + resolved config) and ``run_manifest.json`` (with the world size). The folder is
 built as ``.<name>.partial`` beside it and renamed into place when training ends; ``--resume`` continues from
 the last checkpoint of that partial folder (or of a finished run, to train it further), on any world size.
-The trainer and the run folder's life cycle live in ``handeye.rl_runner``, shared with the Isaac Lab backend.
+The trainer and the run folder's life cycle live in ``handeye.rl.runner``, shared with the Isaac Lab backend.
 """
 
 from __future__ import annotations
@@ -20,19 +20,10 @@ from pathlib import Path
 from handeye import distributed, repro
 from handeye.config import PARAMS_FILE, load_config
 from handeye.distributed import World
-from handeye.envs import BACKENDS
 from handeye.errors import HandEyeError
-from handeye.rl_config import RLConfig, run_name
-from handeye.rl_runner import (  # noqa: F401  (DvcLiveWriter, Runner, train_cfg: handeye.rl's names before rl_runner)
-    DvcLiveWriter,
-    Runner,
-    finish_run,
-    policy_state,
-    run_config,
-    start_run,
-    train_cfg,
-    train_policy,
-)
+from handeye.rl.config import RLConfig, run_name
+from handeye.rl.envs import BACKENDS
+from handeye.rl.runner import finish_run, policy_state, run_config, start_run, train_policy
 
 ISAACLAB_HINT = ("the isaaclab backend runs only inside the Isaac Lab image on a GPU machine: build and run "
                  "docker/Dockerfile.isaaclab (see README)")
@@ -51,7 +42,7 @@ def run_rl(cfg: RLConfig, resume: bool = False, encoder=None, world: World | Non
     processes) on the CPU, seeded ``cfg.seed + rank``; rank 0 alone writes the run folder."""
     check_backend(cfg.backend)
     if cfg.backend == "isaaclab":
-        from handeye.envs.isaaclab import run_isaaclab
+        from handeye.rl.envs.isaaclab import run_isaaclab
 
         return run_isaaclab(cfg, resume)
     world = world or distributed.world_from_env()
@@ -64,7 +55,7 @@ def train_mujoco(cfg: RLConfig, resume: bool, encoder, world: World) -> Path:
     problem = None
     try:  # a rank's missing encoder or EGL stops every rank (none waits for one that left)
         if encoder is None:
-            from handeye.encoders import load_encoder
+            from handeye.models.encoders import load_encoder
 
             encoder = load_encoder(cfg.encoder)
         from handeye.sim.assets import require_egl
@@ -81,7 +72,7 @@ def train_mujoco(cfg: RLConfig, resume: bool, encoder, world: World) -> Path:
     # single-process run, and PPO starts every rank from rank 0's weights (rsl-rl broadcasts them)
     repro.seed_everything(cfg.seed + world.rank, threads=cfg.threads)
 
-    from handeye.envs.mujoco_env import MujocoCubeEnv
+    from handeye.rl.envs.mujoco_env import MujocoCubeEnv
 
     env = MujocoCubeEnv(cfg.env, encoder, seed=cfg.seed + world.rank)
     try:

@@ -12,16 +12,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from handeye.encoders import Encoder
 from handeye.errors import HandEyeError
+from handeye.models.encoders import Encoder
 
 
 def load_dedup_encoder(spec: str) -> Encoder:
-    """The encoder named by ``spec`` (registry name, local folder or Hub id), via handeye.encoders."""
+    """The encoder named by ``spec`` (registry name, local folder or Hub id), via handeye.models.encoders."""
     try:
-        from handeye.encoders import load_encoder
+        from handeye.models.encoders import load_encoder
     except ImportError:
-        raise HandEyeError("handeye.encoders.load_encoder is not available in this checkout; "
+        raise HandEyeError("handeye.models.encoders.load_encoder is not available in this checkout; "
                            "set frames.dedup: false") from None
     return load_encoder(spec)
 

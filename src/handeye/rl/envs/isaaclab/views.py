@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from handeye.envs.base import NUM_CAMERAS
+from handeye.rl.envs.base import NUM_CAMERAS
 
 CAMERA_PRIM = "HandEyeCam_{index}"
 CAMERA_PATHS = "/World/envs/env_.*/HandEyeCam_.*"

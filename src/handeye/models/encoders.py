@@ -27,9 +27,9 @@ from typing import Literal, Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
-from handeye import vit
 from handeye.errors import HandEyeError
-from handeye.vit import Preprocess
+from handeye.models import vit
+from handeye.models.vit import Preprocess
 
 Pooling = Literal["cls", "mean"]
 MODELS_ROOT = Path("out/models")
@@ -224,7 +224,7 @@ def _read_vit_checkpoint(path: Path):
     if path.is_file() and vit.load_state(path).get("format") == vit.EXPORT_FORMAT:
         return vit.load_export(path)
     raise HandEyeError(f"{path} is not a HandEye encoder export, and this build has no reader for other "
-                       f"MAE formats (handeye.vit.load_pretrained_encoder)")
+                       f"MAE formats (handeye.models.vit.load_pretrained_encoder)")
 
 
 def _hf_model_type(folder: Path) -> str | None:

@@ -1,7 +1,7 @@
 """The masked autoencoder of He et al. (2022): a timm ViT encoder that sees only the visible patches, and a
 light decoder of timm Blocks that reconstructs the normalised pixels of the masked ones.
 
-Weights keep the official layout: ``encoder.*`` is the timm ``VisionTransformer`` of ``handeye.vit`` (the keys
+Weights keep the official layout: ``encoder.*`` is the timm ``VisionTransformer`` of ``handeye.models.vit`` (the keys
 of ``mae_pretrain_vit_base.pth``) and ``decoder.*`` holds ``mask_token``, ``decoder_embed``, ``decoder_blocks``,
 ... exactly as in ``mae_pretrain_vit_base_full.pth``, so official files load without renaming.
 """
@@ -16,7 +16,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from handeye.errors import HandEyeError
-from handeye.vit import ViTArch, build_vit, sincos_pos_embed
+from handeye.models.vit import ViTArch, build_vit, sincos_pos_embed
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)  # MAE's and timm ViT's epsilon
 
@@ -88,7 +88,7 @@ class MaskedAutoencoder(nn.Module):
                          ("decoder.decoder_pos_embed", self.decoder.decoder_pos_embed)):
             if not pe[:, 1:].detach().any():
                 raise HandEyeError(f"{source} has all-zero position embeddings ({name}); MAE needs fixed "
-                                   "sin-cos ones (re-initialise them, e.g. with handeye.vit.sincos_pos_embed)")
+                                   "sin-cos ones (re-initialise them, e.g. with handeye.models.vit.sincos_pos_embed)")
 
     def freeze(self, blocks: int) -> None:
         """Freeze patch embedding, position embedding, CLS token and the first ``blocks`` encoder blocks."""

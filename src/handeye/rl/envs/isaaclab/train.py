@@ -1,5 +1,5 @@
 """``handeye rl --backend isaaclab`` inside the Isaac Lab container: the same Runner, log writer and run folder
-as the MuJoCo backend (``handeye.rl_runner``), with Isaac Lab's env wrapped by its own ``RslRlVecEnvWrapper``.
+as the MuJoCo backend (``handeye.rl.runner``), with Isaac Lab's env wrapped by its own ``RslRlVecEnvWrapper``.
 
 Several GPUs: ``torchrun --nproc_per_node N -m handeye rl --backend isaaclab ...`` (docker/README.md). This
 follows Isaac Lab's ``train.py --distributed``: rank r simulates, embeds and trains on cuda:LOCAL_RANK with
@@ -15,10 +15,11 @@ from typing import Any
 
 from handeye import distributed, repro
 from handeye.distributed import World
-from handeye.envs.isaaclab import TASK_ID
 from handeye.errors import HandEyeError
-from handeye.rl_config import run_name
-from handeye.rl_runner import finish_run, policy_state, run_config, start_run, train_policy
+from handeye.rl.config import run_name
+from handeye.rl.runner import finish_run, policy_state, run_config, start_run, train_policy
+
+TASK_ID = "HandEye-Reorient-Cube-Shadow-TwoCam-v0"  # the gym id train() registers our task under
 
 
 def env_cfg_overrides(cfg, world: World) -> dict[str, Any]:
@@ -61,8 +62,8 @@ def train_on_gpu(cfg, resume: bool, world: World, device) -> Path:
     import gymnasium as gym
     from isaaclab_rl.rsl_rl import RslRlVecEnvWrapper
 
-    from handeye.encoders import load_encoder
-    from handeye.envs.isaaclab.task import HandEyeVisionEnv, HandEyeVisionEnvCfg
+    from handeye.models.encoders import load_encoder
+    from handeye.rl.envs.isaaclab.task import HandEyeVisionEnv, HandEyeVisionEnvCfg
 
     problem = None
     try:  # one rank's missing encoder stops every rank

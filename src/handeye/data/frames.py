@@ -50,8 +50,9 @@ from typing import Any, Literal
 import numpy as np
 from tqdm import tqdm
 
-from handeye import epic, repro, video
+from handeye import repro
 from handeye.config import PARAMS_FILE, load_config
+from handeye.data import epic, video
 from handeye.errors import HandEyeError
 
 VIDEO_EXTS = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v"}
@@ -184,7 +185,7 @@ def tar_members(path: Path, rel: str, warn: Warnings) -> list[Source]:
 
 def discover_epic(root: Path, cfg: FramesConfig, warn: Warnings) -> list[Source]:
     """EPIC-KITCHENS: one source per annotated video; its rgb_frames tar is preferred over the MP4 when both
-    exist, as in handeye.epic (the CSV frame numbers address the tar's JPEGs exactly)."""
+    exist, as in handeye.data.epic (the CSV frame numbers address the tar's JPEGs exactly)."""
     segments: dict[str, list[epic.Segment]] = {}
     for split in cfg.epic_splits:
         csv_path = root / "annotations" / epic.SPLIT_FILES[split]
@@ -516,14 +517,14 @@ def run_frames(cfg: FramesConfig, input_dir: str | Path, out_dir: str | Path, en
     # draws no random numbers; the seed and thread count are for the encoder, whose bits depend on them.
     @functools.cache
     def dedup_encoder():
-        from handeye import dedup
+        from handeye.data import dedup
 
         repro.seed_everything(cfg.seed, threads=cfg.threads)
         return encoder if encoder is not None else dedup.load_dedup_encoder(cfg.dedup_encoder)
 
     corpus = None
     if cfg.dedup and cfg.dedup_global:
-        from handeye import dedup
+        from handeye.data import dedup
 
         corpus = dedup.CorpusIndex(cfg.dedup_threshold)
 
@@ -579,7 +580,7 @@ def dedup_mask(frames: np.ndarray, cfg: FramesConfig, get_encoder: Callable[[], 
     dedup encoder, called only when there is something to compare."""
     keep = np.ones(len(frames), dtype=bool)
     if cfg.dedup and (corpus is not None or len(frames) > 1):  # an image alone has no duplicate in its video
-        from handeye import dedup
+        from handeye.data import dedup
 
         emb = dedup.embed_frames(get_encoder(), frames, cfg.dedup_batch)
         keep = dedup.keep_within_video(emb, cfg.dedup_threshold)

@@ -2,7 +2,7 @@
 
 The task is Isaac Lab's vision-based Shadow hand cube reorientation with two cameras. A backend holds
 ``num_envs`` environments stepped in lockstep; observations are embeddings of both views from a frozen encoder
-plus proprioception and the goal. Rewards come from ``handeye.envs.rewards.compute_reward`` on both backends.
+plus proprioception and the goal. Rewards come from ``handeye.rl.envs.rewards.compute_reward`` on both backends.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from abc import abstractmethod
 import torch
 from rsl_rl.env import VecEnv
 
-from handeye.envs import rewards
-from handeye.rl_config import EnvConfig  # part of this interface, defined apart: torch-free
+from handeye.rl.config import EnvConfig  # part of this interface, defined apart: torch-free
+from handeye.rl.envs import rewards
 
 NUM_CAMERAS = 2
 NUM_ACTIONS = 20  # actuated joints of the Shadow hand (24 joints, the distal ones are coupled)

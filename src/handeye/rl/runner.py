@@ -1,7 +1,7 @@
 """The PPO trainer both RL backends share: rsl-rl's OnPolicyRunner (atomic checkpoints, our log writer, any
 world size) and the run folder's life cycle, one rank or many.
 
-Imported by ``handeye.rl`` (MuJoCo, and the CLI) and by ``handeye.envs.isaaclab.train`` (Isaac Lab); it imports
+Imported by ``handeye.rl.train`` (MuJoCo, and the CLI) and by ``handeye.rl.envs.isaaclab.train`` (Isaac Lab); it imports
 neither, so the dependency flows one way: ``rl -> envs.isaaclab -> rl_runner`` and ``rl -> rl_runner``.
 
 Under torchrun (``WORLD_SIZE``/``RANK``/``LOCAL_RANK``) every rank steps its own ``num_envs`` environments,
@@ -29,11 +29,11 @@ from rsl_rl.utils.log_writer import LogWriter
 
 from handeye import distributed, repro
 from handeye.distributed import World
-from handeye.envs.base import OBS_GROUPS
 from handeye.errors import HandEyeError
-from handeye.rl_config import RLConfig
+from handeye.rl.config import RLConfig
+from handeye.rl.envs.base import OBS_GROUPS
 
-LOG_WRITER = "handeye.rl_runner:DvcLiveWriter"  # rsl-rl builds the writer from this name, on rank 0
+LOG_WRITER = "handeye.rl.runner:DvcLiveWriter"  # rsl-rl builds the writer from this name, on rank 0
 
 
 def train_cfg(cfg: RLConfig, num_envs: int, live_dir: Path, timings: Path, resume: bool,

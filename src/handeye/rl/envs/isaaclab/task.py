@@ -20,9 +20,9 @@ from isaaclab.utils import configclass
 from isaaclab_tasks.direct.inhand_manipulation.inhand_manipulation_env import InHandManipulationEnv
 from isaaclab_tasks.direct.shadow_hand.shadow_hand_env_cfg import ShadowHandEnvCfg
 
-from handeye.envs import rewards
-from handeye.envs.base import NUM_CAMERAS, PRIVILEGED_DIM, PROPRIO_DIM, policy_obs, privileged_obs
-from handeye.envs.isaaclab.views import CAMERA_PATHS, CAMERA_PRIM, CAMERAS, look_at_quat, split_views
+from handeye.rl.envs import rewards
+from handeye.rl.envs.base import NUM_CAMERAS, PRIVILEGED_DIM, PROPRIO_DIM, policy_obs, privileged_obs
+from handeye.rl.envs.isaaclab.views import CAMERA_PATHS, CAMERA_PRIM, CAMERAS, look_at_quat, split_views
 
 PINHOLE = {"focal_length": 24.0, "focus_distance": 400.0, "horizontal_aperture": 20.955,
            "clipping_range": (0.1, 20.0)}
