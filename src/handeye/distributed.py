@@ -70,6 +70,8 @@ def device_for(world: World, device: str):
     if device == "cuda":
         if not torch.cuda.is_available():
             raise HandEyeError("device cuda was asked for but torch sees no GPU; use device cpu (or auto)")
+        if torch.cuda.device_count() == 1:  # a scheduler that gives each rank its own GPU (CUDA_VISIBLE_DEVICES)
+            return torch.device("cuda", 0)
         if world.local_rank >= torch.cuda.device_count():
             raise HandEyeError(f"local rank {world.local_rank} has no GPU: this node has "
                                f"{torch.cuda.device_count()}; launch at most that many processes per node")

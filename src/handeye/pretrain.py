@@ -9,6 +9,15 @@ has passed, and after the last), and at the end
 ``encoder.pt`` (a HandEye encoder export), ``preview.png`` (reconstructions), ``live/`` (dvclive: loss per
 epoch), ``timings.json`` and ``run_manifest.json``. Rerunning the same command on the same folder resumes from
 ``checkpoint.pt``; a run killed at any moment ends, once rerun, with the same bytes as an uninterrupted one.
+
+    torchrun --nproc_per_node N -m handeye pretrain ...     # DDP: nccl on CUDA, gloo on the CPU
+
+Under torchrun ``batch_size`` stays the global batch of one optimiser step (the lr scales from it as MAE's
+blr x batch / 256), so the recipe does not change with the launch: each rank's forward takes
+batch_size / (N x accum_iter) images. EpochSampler hands every frame of an epoch to exactly one rank, in a
+seeded order that depends on (seed, epoch) only; each sample's crop, flip and masking noise depend on
+(seed, epoch, index) only. World size N therefore sees the same images as world size 1 and differs only
+in the order of the gradient sum (last bits, tests/test_pretrain_distributed.py). Rank 0 alone writes.
 """
 
 from __future__ import annotations
