@@ -231,7 +231,7 @@ def main() -> int:
     if args.part in ("all", "extraction"):
         results.update(run_extraction(args))
     if args.part in ("all", "reads"):
-        for resolution, n in zip((64, 224), map(int, args.read_frames.split(","))):
+        for resolution, n in zip((64, 224), map(int, args.read_frames.split(",")), strict=True):
             results[f"reads {resolution} px"] = r = bench_reads(resolution, n, min(args.repeat, 2))
             print_reads(resolution, r)
     if args.json:

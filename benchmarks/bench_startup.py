@@ -47,15 +47,15 @@ def main() -> int:
     times = {(v, t): [] for v in args.venv for t in TASKS}
     for _ in range(args.rounds):
         for task, argv in TASKS.items():
-            for venv, python in zip(args.venv, pythons):
+            for venv, python in zip(args.venv, pythons, strict=True):
                 times[venv, task].append(timed(python, argv))
 
     versions = {venv: subprocess.run([str(python), "-c", "import sys; print(sys.version.split()[0])"],
                                      capture_output=True, text=True, check=True).stdout.strip()
-                for venv, python in zip(args.venv, pythons)}
+                for venv, python in zip(args.venv, pythons, strict=True)}
     for task in TASKS:
         ref = statistics.mean(times[args.venv[0], task])
-        for venv, python in zip(args.venv, pythons):
+        for venv, python in zip(args.venv, pythons, strict=True):
             t = times[venv, task]
             line = (f"{task:18s} {venv:28s} (Python {versions[venv]}, {python.resolve()}): "
                     f"mean {statistics.mean(t):.2f} s [{min(t):.2f}-{max(t):.2f}], "

@@ -109,7 +109,7 @@ def ranks():
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         done = []
         try:
-            for rank, p in enumerate(procs):
+            for p in procs:
                 out, err = p.communicate(timeout=timeout)
                 done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
         finally:

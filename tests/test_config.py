@@ -26,7 +26,7 @@ def test_load_config_reads_section_and_overrides():
     assert isinstance(cfg.lr, float)
 
 
-@pytest.mark.parametrize("section, message", [
+@pytest.mark.parametrize(("section", "message"), [
     ({"epochs": 1, "lrr": 2}, "unknown key"),
     ({}, "missing key 'stage.epochs'"),
     ({"epochs": "ten"}, "'stage.epochs' must be int"),
@@ -43,7 +43,7 @@ def test_deep_merge_refuses_unknown_keys():
     base = {"a": {"b": 1, "c": 2}, "d": 3}
     assert deep_merge(base, {"a": {"b": 5}}) == {"a": {"b": 5, "c": 2}, "d": 3}
     assert base["a"]["b"] == 1
-    with pytest.raises(HandEyeError, match="'a.x' does not exist"):
+    with pytest.raises(HandEyeError, match=r"'a.x' does not exist"):
         deep_merge(base, {"a": {"x": 1}})
 
 

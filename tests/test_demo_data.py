@@ -190,7 +190,7 @@ def test_labels_are_balanced():
     assert counts.max() - counts.min() <= 1
 
 
-@pytest.mark.parametrize("units, decimals, text", [(0, 2, "00:00:00.00"), (6104, 2, "00:01:01.04"),
+@pytest.mark.parametrize(("units", "decimals", "text"), [(0, 2, "00:00:00.00"), (6104, 2, "00:01:01.04"),
                                                    (3723456, 3, "01:02:03.456")])
 def test_timestamp_format_is_epics(units, decimals, text):
     assert dd.timestamp(units, decimals) == text
@@ -248,7 +248,7 @@ def _seconds(ts: str) -> float:
     return int(h) * 3600 + int(m) * 60 + float(s)
 
 
-@pytest.mark.parametrize("override, message", [({"epic_fps": 30}, "must divide 100"),
+@pytest.mark.parametrize(("override", "message"), [({"epic_fps": 30}, "must divide 100"),
                                                ({"nuisance": 1.5}, "nuisance"),
                                                ({"max_distractors": 99}, "max_distractors"),
                                                ({"size": 40}, "multiple of 16")])

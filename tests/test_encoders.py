@@ -114,7 +114,7 @@ def test_batching_does_not_change_features(tmp_path):
 
 
 def test_unknown_name_lists_known_ones():
-    with pytest.raises(HandEyeError, match="unknown encoder 'ego_fulll'.*ego_full.*dinov3-vitb16"):
+    with pytest.raises(HandEyeError, match=r"unknown encoder 'ego_fulll'.*ego_full.*dinov3-vitb16"):
         load_encoder("ego_fulll")
 
 
@@ -134,7 +134,7 @@ def test_hub_dinov3_reads_token_from_environment_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(DINOv3ViTModel, "from_pretrained", fake)
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
-    with pytest.raises(HandEyeError, match="gated.*HF_TOKEN"):
+    with pytest.raises(HandEyeError, match=r"gated.*HF_TOKEN"):
         load_encoder("dinov3-vitb16", weights_root=tmp_path)  # no local folder -> the Hub id
     assert seen == {"source": "facebook/dinov3-vitb16-pretrain-lvd1689m", "token": "hf_test_token"}
 

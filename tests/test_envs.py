@@ -123,7 +123,7 @@ def test_worker_processes_give_the_same_bits_as_one_process():
             runs.append(out)
         finally:
             e.close()
-    for a, b in zip(*runs):
+    for a, b in zip(*runs, strict=True):
         assert torch.equal(a, b)
 
 
@@ -147,7 +147,7 @@ def test_isaaclab_is_refused_here_with_the_docker_hint():
     from handeye.errors import HandEyeError
     from handeye.rl.envs.isaaclab import require_isaaclab
 
-    with pytest.raises(HandEyeError, match="Dockerfile.isaaclab"):
+    with pytest.raises(HandEyeError, match=r"Dockerfile.isaaclab"):
         require_isaaclab()
 
 
@@ -172,7 +172,7 @@ def test_isaaclab_split_views_keeps_env_major_order():
     out = split_views(rgb, num_envs=2)
     assert out.shape == (4, 3, 8, 8) and out.dtype == torch.uint8
     assert [int(t[0, 0, 0]) for t in out] == [round(i / 4 * 255) for i in range(4)]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="expected 6 tiles, got 4"):
         split_views(rgb, num_envs=3)
 
 

@@ -114,7 +114,7 @@ def test_missing_videos_are_counted_skipped_and_checked(tmp_path):
     assert "2 of 8 segments skipped: 2 video missing" in missing.summary()
     assert "P02_01" in missing.summary()
     missing.check(0.25, "train")  # 2/8 allowed
-    with pytest.raises(HandEyeError, match="above the allowed fraction 0.1"):
+    with pytest.raises(HandEyeError, match=r"above the allowed fraction 0.1"):
         missing.check(0.1, "train")
 
 
@@ -186,7 +186,7 @@ def test_non_integer_and_bad_timestamp(layout):
     with pytest.raises(HandEyeError, match="verb_class must be an integer, got 'take'"):
         epic.load_split(layout, "train")
     _edit_csv(path, lambda rows, h: ([{**rows[0], "verb_class": "0", "start_timestamp": "1.5"}], h))
-    with pytest.raises(HandEyeError, match="start_timestamp must be HH:MM:SS.ff"):
+    with pytest.raises(HandEyeError, match=r"start_timestamp must be HH:MM:SS.ff"):
         epic.load_split(layout, "train")
 
 
@@ -199,8 +199,8 @@ def test_empty_split(layout):
 def test_class_list_with_gaps_and_missing_file(layout):
     path = layout / "annotations" / epic.VERB_CLASSES
     _edit_csv(path, lambda rows, h: (rows[:1] + rows[2:], h))
-    with pytest.raises(HandEyeError, match="class ids must be 0..1 without gaps"):
+    with pytest.raises(HandEyeError, match=r"class ids must be 0..1 without gaps"):
         epic.load_split(layout, "train")
     path.unlink()
-    with pytest.raises(HandEyeError, match="EPIC_100_verb_classes.csv not found"):
+    with pytest.raises(HandEyeError, match=r"EPIC_100_verb_classes.csv not found"):
         epic.load_split(layout, "train")

@@ -460,7 +460,7 @@ def test_wds_damaged_shards_are_one_line_errors_naming_the_file(wds_out, tmp_pat
     assert "does not decode" in damaged(int(table[12]["byte_offset"]))  # the JPEG's first bytes
     assert "no tar member" in damaged(int(table[12]["byte_offset"]) - 512 + 124)  # its header's size field
     shutil.copy(wds_out / "shards" / "000000.tar", shard)  # offsets of row 12 now point into another file
-    with pytest.raises(HandEyeError, match="000001.tar: frame 12 .*no tar member"):
+    with pytest.raises(HandEyeError, match=r"000001.tar: frame 12 .*no tar member"):
         frames.FrameDataset(out)[12]
 
 
@@ -468,10 +468,10 @@ def test_wds_folder_errors(wds_out, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(wds_out, out)
     (out / "shards" / "000009.tar").write_bytes(b"")
-    with pytest.raises(HandEyeError, match="frames.csv lists 40 frames in 5 of 6 .tar shards"):
+    with pytest.raises(HandEyeError, match=r"frames.csv lists 40 frames in 5 of 6 .tar shards"):
         frames.FrameDataset(out)
     (out / "shards" / "000009.tar").rename(out / "shards" / "000009.npy")
-    with pytest.raises(HandEyeError, match="both .npy and .tar shards"):
+    with pytest.raises(HandEyeError, match=r"both .npy and .tar shards"):
         frames.FrameDataset(out)
     (out / "shards" / "000009.npy").unlink()
     table = rows(out)

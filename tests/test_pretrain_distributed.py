@@ -26,7 +26,7 @@ LOSS_RTOL, WEIGHT_ATOL = 1e-5, 1e-5
 
 
 # ---------------------------------------------------------------------------------------------- sampler
-@pytest.mark.parametrize("world_size,accum", [(1, 1), (2, 1), (4, 1), (1, 2), (2, 2)])
+@pytest.mark.parametrize(("world_size", "accum"), [(1, 1), (2, 1), (4, 1), (1, 2), (2, 2)])
 def test_every_used_frame_goes_to_one_rank_once_per_epoch(world_size, accum):
     n, batch = 53, 8
     shares = [list(EpochSampler(n, batch, world_size, r, accum, seed=3, epoch=1)) for r in range(world_size)]
@@ -55,7 +55,7 @@ def test_global_batches_depend_on_seed_and_epoch_not_on_the_layout():
 
 
 def test_a_batch_that_the_layout_does_not_divide_is_refused():
-    with pytest.raises(HandEyeError, match="batch_size 8 is not divisible by world size 3 x pretrain.accum_iter 1"):
+    with pytest.raises(HandEyeError, match=r"batch_size 8 is not divisible by world size 3 x pretrain.accum_iter 1"):
         EpochSampler(40, 8, 3, 0, 1, seed=0, epoch=0)
 
 
@@ -76,7 +76,7 @@ def test_a_sample_is_the_same_whichever_worker_or_batch_loads_it(tmp_path):
 
     def load(batch_size: int, workers: int):
         loader = DataLoader(data, batch_size=batch_size, num_workers=workers)
-        imgs, noise = zip(*loader)
+        imgs, noise = zip(*loader, strict=True)
         return torch.cat(imgs), torch.cat(noise)
 
     imgs, noise = load(1, 0)

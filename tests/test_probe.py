@@ -235,7 +235,7 @@ def test_cli_probe_rows_probes_every_report_row_in_order(layout, workdir, capsys
     assert "out/features/a/meta.json not found" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, message", [
+@pytest.mark.parametrize(("argv", "message"), [
     (["probe", "--encoder", "dinov4"], "unknown encoder 'dinov4': .*not one of: random, imagenet"),
     (["probe", "--encoder", "random", "--features", "nowhere"], "nowhere/meta.json not found"),
     (["features", "--encoder", "random:vit_demo_patch8_64", "--data-dir", "absent"], "absent not found"),

@@ -88,7 +88,7 @@ def test_other_sections_plug_in(tmp_path, monkeypatch):
     p = params(tmp_path)
     assert report.run_report(p, ["extra"]) == [tmp_path / "figs" / "extra.png"]
     assert calls == [(str(tmp_path / "figs"), tmp_path / "figs")]
-    with pytest.raises(HandEyeError, match="unknown report section 'nope'; known: recognition, .*extra"):
+    with pytest.raises(HandEyeError, match=r"unknown report section 'nope'; known: recognition, .*extra"):
         report.run_report(p, ["nope"])
 
 

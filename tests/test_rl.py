@@ -181,7 +181,7 @@ def test_figures_six_files_iteration_ones_deterministic(runs, tmp_path):
     first = write_rl_figures(params, tmp_path / "figs1")
     second = write_rl_figures(params, tmp_path / "figs2")
     assert len(first) == 6 and all(p.suffix == ".png" and p.stat().st_size > 1000 for p in first)
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         if "iteration" in a.name:
             assert a.read_bytes() == b.read_bytes(), a.name
     assert root.exists()

@@ -92,7 +92,7 @@ def test_every_rank_holds_the_same_policy_after_each_update(two_ranks):
     root, _ = two_ranks
     rank0, rank1 = load_dumps(root / "dumps", 0), load_dumps(root / "dumps", 1)
     assert len(rank0) == len(rank1) == 5  # 3 updates, then 2 after the resume
-    for k, (a, b) in enumerate(zip(rank0, rank1)):
+    for k, (a, b) in enumerate(zip(rank0, rank1, strict=True)):
         for net in ("actor", "critic"):  # weights, Gaussian std and observation normaliser, bit for bit
             assert a[net].keys() == b[net].keys()
             differ = [name for name in a[net] if not torch.equal(a[net][name], b[net][name])]
@@ -137,7 +137,7 @@ def error_lines(done) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rank1, says", [
+@pytest.mark.parametrize(("rank1", "says"), [
     (["--encoder", "out/models/nope/encoder.pt"], ["rank 1 of 2", "nope/encoder.pt"]),
     (["--encoder", "random:vit_demo_patch8_64", "--seed", "1"], ["seed: 0 on rank 0, 1 on rank 1"]),
 ], ids=["missing-encoder-on-rank-1", "other-params-on-rank-1"])
@@ -198,7 +198,7 @@ def test_isaaclab_overrides_set_nested_fields_and_refuse_unknown_ones():
     env_cfg = SimpleNamespace(seed=0, scene=SimpleNamespace(num_envs=1225), sim=SimpleNamespace(device="cuda:0"))
     apply_overrides(env_cfg, {"seed": 4, "scene.num_envs": 16, "sim.device": "cuda:2"})
     assert (env_cfg.seed, env_cfg.scene.num_envs, env_cfg.sim.device) == (4, 16, "cuda:2")
-    with pytest.raises(HandEyeError, match="no field scene.num_env;"):
+    with pytest.raises(HandEyeError, match=r"no field scene.num_env;"):
         apply_overrides(env_cfg, {"scene.num_env": 16})
 
 

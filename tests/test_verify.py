@@ -125,7 +125,7 @@ def test_missing_dir_listing_falls_back_to_a_matching_workspace(tmp_path):
 
 
 def test_missing_lock_is_a_user_error(tmp_path):
-    with pytest.raises(HandEyeError, match="dvc.lock not found"):
+    with pytest.raises(HandEyeError, match=r"dvc.lock not found"):
         verify.locked_outputs(tmp_path / "dvc.lock")
 
 

@@ -81,7 +81,7 @@ def test_probe(clips, codec):
 def test_random_indices_are_exact(clips, codec, backend):
     if codec == "hevc" and backend == "decord":
         pytest.skip("decord seeking in H.265 is the known bug; see test_decord_hevc_seek_bug_is_detected")
-    wanted = np.random.default_rng(0).integers(0, 60, 25).tolist() + [0, 59, 13, 12, 11]
+    wanted = [*np.random.default_rng(0).integers(0, 60, 25).tolist(), 0, 59, 13, 12, 11]
     got = list(video.read_frames(clips[codec], wanted, backend=backend))
     assert [i for i, _ in got] == sorted(set(wanted))
     assert [read_index(f) for _, f in got] == [i for i, _ in got]
@@ -97,7 +97,7 @@ def test_every_frame_and_scaled(clips, codec):
 def test_decord_hevc_seek_bug_is_detected(clips):
     """The index pattern catches the decord bug this module routes around (FIELD_NOTES): if this starts
     failing, decord seeking in H.265 got fixed and SEEK_EXACT_CODECS may grow."""
-    wanted = list(range(0, 60, 7)) + [5, 50, 3]
+    wanted = [*list(range(0, 60, 7)), 5, 50, 3]
     got = list(video.read_frames(clips["hevc"], wanted, backend="decord"))
     assert any(read_index(f) != i for i, f in got)
 

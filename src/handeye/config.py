@@ -124,7 +124,7 @@ def deep_merge(base: dict[str, Any], overrides: dict[str, Any], where: str = "")
 
 
 def known_profiles(profiles_dir: Path = PROFILES_DIR) -> list[str]:
-    return ["demo"] + sorted(p.stem for p in profiles_dir.glob("*.yaml"))
+    return ["demo", *sorted(p.stem for p in profiles_dir.glob("*.yaml"))]
 
 
 def resolve_profile(name: str, params: Path = PARAMS_FILE, profiles_dir: Path = PROFILES_DIR) -> dict[str, Any]:

@@ -226,7 +226,7 @@ def load_split_features(features_dir: str | Path, split: str) -> dict[str, Any]:
 def _load_cache(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (zip or unpickling errors of a damaged file)
+    except Exception as e:
         first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         raise HandEyeError(f"{path} is not a readable feature cache ({first})") from None
 

@@ -38,7 +38,7 @@ DEFAULT_THREADS = 2
 def seed_everything(seed: int, threads: int = DEFAULT_THREADS, deterministic: bool = True) -> None:
     """Seed python, numpy and torch; fix the thread count; ask torch for deterministic kernels."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 -- the global RNG that libraries draw from unseeded
     import torch
 
     torch.manual_seed(seed)
@@ -71,7 +71,7 @@ def seed_worker(worker_id: int) -> None:
 
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 -- the global RNG that libraries draw from unseeded
 
 
 def torch_generator(seed: int):

@@ -124,7 +124,7 @@ def plan_jobs(cfg: DemoDataConfig) -> list[VideoJob]:
         holds = rng.integers(cfg.epic_hold_min, cfg.epic_hold_max + 1, n)
         for v in range(cfg.epic_videos):
             sl = slice(v * cfg.epic_segments, (v + 1) * cfg.epic_segments)
-            segs = tuple(Segment(int(a), int(b), int(h)) for a, b, h in zip(verbs[sl], nouns[sl], holds[sl]))
+            segs = tuple(Segment(int(a), int(b), int(h)) for a, b, h in zip(verbs[sl], nouns[sl], holds[sl], strict=True))
             path = f"epic/{pid}/videos/{pid}_{v + 1:02d}.MP4"
             jobs.append(VideoJob("epic", p * cfg.epic_videos + v, path, segs))
     return jobs

@@ -408,7 +408,7 @@ class TarShardWriter:
         if self.pending:
             path = self.root / "shards" / f"{self.num_shards:06d}.tar"
             placed = write_tar(path, [(name, data) for name, data, _ in self.pending])
-            self.rows += [(*row, *where) for (_, _, row), where in zip(self.pending, placed)]
+            self.rows += [(*row, *where) for (_, _, row), where in zip(self.pending, placed, strict=True)]
             self.pending = []
             self.num_shards += 1
 
@@ -692,7 +692,7 @@ class TarShards:
             raise HandEyeError(f"{self.paths[0].parent}: frames.csv lists "
                                f"{num_rows} frames in {np.count_nonzero(ends)} of {len(self.paths)} .tar shards; "
                                f"re-run extract-frames")
-        for path, end in zip(self.paths, ends.tolist()):
+        for path, end in zip(self.paths, ends.tolist(), strict=True):
             size = path.stat().st_size
             if size < end:
                 raise HandEyeError(f"{path}: truncated ({size} bytes, frames.csv needs {end}); copy the shard "
@@ -709,7 +709,7 @@ class TarShards:
             if len(self._files) >= self.MAX_OPEN:
                 self._files.popitem(last=False)[1].close()
             # closed on eviction or with the dataset; unbuffered: pread bypasses Python's buffer anyway
-            f = self._files[shard] = open(self.paths[shard], "rb", buffering=0)  # noqa: SIM115
+            f = self._files[shard] = open(self.paths[shard], "rb", buffering=0)
         self._files.move_to_end(shard)
         return f
 

@@ -197,7 +197,7 @@ def _read_decord(path: Path, wanted: list[int], size: tuple[int, int] | None,
             frames = reader.get_batch(chunk).asnumpy()
         except decord.DECORDError as e:
             raise VideoError(f"{path}: corrupt stream near frame {chunk[0]} ({_reason(e)})") from None
-        for index, frame in zip(chunk, frames):
+        for index, frame in zip(chunk, frames, strict=True):
             yield index, frame if size is None else scale(frame, size)
 
 

@@ -120,7 +120,7 @@ def load_state(path: str | Path) -> dict[str, Any]:
         raise HandEyeError(f"checkpoint {path} not found")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (torch raises UnpicklingError, RuntimeError or zipfile errors)
+    except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise HandEyeError(f"{path} is not a plain state dict that can be loaded safely ({first[:200]})") from None
     if not isinstance(obj, dict):

@@ -40,6 +40,6 @@ def require_egl() -> None:
         ctx = mujoco.GLContext(16, 16)
         ctx.make_current()
         ctx.free()
-    except Exception as e:  # noqa: BLE001  (mujoco raises a plain Exception/RuntimeError without EGL)
+    except Exception as e:
         raise HandEyeError(f"MuJoCo cannot render offscreen with MUJOCO_GL={os.environ['MUJOCO_GL']} ({e}); "
                            "install Debian's libegl1 libegl-mesa0 libgl1-mesa-dri (make setup does)") from None

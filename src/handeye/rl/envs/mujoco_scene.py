@@ -115,7 +115,7 @@ class HandBatch:
     def step(self, actions: np.ndarray) -> dict[str, np.ndarray]:
         """actions: (k, 20) in [-1, 1] -> state after ``substeps`` physics steps."""
         ctrl = self.ctrl_center + np.clip(actions, -1.0, 1.0) * self.ctrl_half
-        for d, c in zip(self.data, ctrl):
+        for d, c in zip(self.data, ctrl, strict=True):
             d.ctrl[:] = c
             self._mj.mj_step(self.model, d, nstep=self.substeps)
         return self.state()
@@ -123,7 +123,7 @@ class HandBatch:
     def reset(self, ids: np.ndarray, hand_qpos: np.ndarray, object_pos: np.ndarray,
               object_quat: np.ndarray) -> None:
         """Put envs ``ids`` at rest in the given poses; position targets hold the hand where it is."""
-        for i, q, p, r in zip(ids, hand_qpos, object_pos, object_quat):
+        for i, q, p, r in zip(ids, hand_qpos, object_pos, object_quat, strict=True):
             d = self.data[i]
             self._mj.mj_resetData(self.model, d)
             d.qpos[self.hand_q] = q
@@ -241,7 +241,7 @@ class SimPool:
     def step(self, actions: np.ndarray) -> dict[str, np.ndarray]:
         if self.local is not None:
             return self.local.step(actions)
-        for conn, chunk in zip(self.conns, self.chunks):
+        for conn, chunk in zip(self.conns, self.chunks, strict=True):
             conn.send(("step", actions[chunk]))
         return _concat([conn.recv() for conn in self.conns])
 
@@ -253,7 +253,7 @@ class SimPool:
         if self.local is not None:
             self.local.reset(ids, hand_qpos, object_pos, object_quat)
             return _views(self.local, self.render_enabled, self.embed), self.local.state()
-        for conn, chunk in zip(self.conns, self.chunks):
+        for conn, chunk in zip(self.conns, self.chunks, strict=True):
             mine = np.isin(ids, chunk)
             conn.send(("reset_render", (ids[mine] - chunk[0], hand_qpos[mine], object_pos[mine],
                                         object_quat[mine])))
@@ -270,7 +270,7 @@ class SimPool:
                 conn.send(("close", None))
             except BrokenPipeError:
                 pass
-        for conn, proc in zip(self.conns, self.procs):
+        for conn, proc in zip(self.conns, self.procs, strict=True):
             try:
                 conn.recv()
             except (BrokenPipeError, EOFError):
