@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # DVC runs stage commands with the caller's PATH: put the venv's `handeye` and `dvc` first.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-fast lint verify lock clean help data docker-test
+.PHONY: setup repro test test-fast lint verify bands lock clean help data docker-test
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -46,8 +46,11 @@ lock: $(STAMP)  ## rewrite requirements.lock from what .venv has
 clean:  ## remove pipeline outputs (not the data or .venv)
 	rm -rf out paper_figs/*.png paper_figs/*.md paper_figs/*.tex
 
-verify: data  ## re-run the whole pipeline (dvc repro -f); every output must match dvc.lock bit for bit
+verify: data  ## re-run the whole pipeline (dvc repro -f): bits against dvc.lock, claims against their seed bands
 	$(BIN)/handeye verify
+
+bands: data  ## re-measure the claims' seed bands: the demo pipeline once per seed (reference/claims-demo.json)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/handeye claims bands --seeds 0 1 2 3 4 --out reference/claims-demo.json
 
 docker-test: $(STAMP)  ## build docker/Dockerfile with podman (no engine), run the demo in it, compare with dvc.lock
 	scripts/docker_test.sh

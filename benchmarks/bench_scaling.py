@@ -1,6 +1,6 @@
 """Scaling efficiency of `handeye pretrain` under torchrun: N ranks against 1 rank, same data, same run.
 
-    python benchmarks/bench_scaling.py [--data-dir out/frames/ego] [--ranks 2] [--epochs 2] [--device cpu]
+    python benchmarks/bench_scaling.py [--data-dir out/frames/ego] [--ranks 2] [--epochs 10] [--device cpu]
 
 Both launches train the same global batch (pretrain.batch_size) with the demo params on the same frames;
 each rank gets ``threads`` torch threads, so on this 2-core machine N=2 ranks x 1 thread is compared with
@@ -46,7 +46,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, default=ROOT / "out/frames/ego")
     ap.add_argument("--ranks", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     if not (args.data_dir / "frames.csv").is_file():

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Entrypoint of handeye:cpu. With arguments: run them (`docker run --rm handeye:cpu handeye --help`).
 # Without: reproduce the demo in a scratch copy of /opt/handeye (so the image stays read-only and any --user
-# works), then copy paper_figs/, every stage output (out/) and dvc.lock into the mounted folder $HANDEYE_OUT.
+# works), copy paper_figs/, every stage output (out/) and dvc.lock into the mounted folder $HANDEYE_OUT, and end
+# with `handeye verify`'s summary: bits against the image's dvc.lock, claims against their seed bands.
 set -euo pipefail
 [ $# -gt 0 ] && exec "$@"
 
@@ -16,7 +17,12 @@ work=$(mktemp -d /tmp/handeye.XXXXXX)
 cp -a /opt/handeye/. "$work"
 cd "$work"
 dvc pull --quiet data.dvc
+# The image's lock and the CPU that wrote it, before the repro rewrites both.
+cp dvc.lock dvc.image.lock
+cp paper_figs/machine.json image-machine.json
 # The cache in the image is empty, so nothing can be restored from the run-cache: every stage executes.
 dvc repro
 cp -r paper_figs out dvc.lock "$dest"/
 echo "handeye: figures and table in $dest/paper_figs, all stage outputs in $dest/out, their md5s in $dest/dvc.lock"
+# Bits against the image's lock, claims against their seed bands; the exit status is verify's (README).
+handeye verify --no-repro --lock dvc.image.lock --lock-cpu image-machine.json

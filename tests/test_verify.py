@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -80,12 +81,12 @@ def test_changed_output_fails_with_its_path(tmp_path, capsys):
     project = make_project(tmp_path / "p")
     (project / "noisy.txt").write_text("")  # curve.png now gets random bytes on every run
     dvc(project, "repro", "-q", "-f")
-    args = argparse.Namespace(lock=project / "dvc.lock", repro=True, outputs=None)
-    assert verify.main(args) == 1
+    args = argparse.Namespace(lock=project / "dvc.lock", repro=True, outputs=None, claims=None)
+    assert verify.main(args) == 1  # the lock names no CPU, so nothing excuses the difference
     out = capsys.readouterr().out
-    assert "FAILED, 1 of 4 files differ" in out
+    assert "1 of 4 files differ" in out
     assert "differs paper_figs/curve.png: md5" in out
-    assert "only on a CPU like the one that wrote dvc.lock" in out  # the likeliest cause, and where to look
+    assert "bits differ: 1 of 4 files, and dvc.lock's run manifests name no CPU; claims: not checked" in out
 
 
 def test_copy_of_outputs_is_checked_file_by_file(project, tmp_path):
@@ -113,15 +114,15 @@ def test_dir_hash_matches_dvc(project):
     assert verify.dir_md5({"acc.tsv": verify.file_md5(project / "plots" / "acc.tsv")}) == plots["md5"]
 
 
-def test_missing_dir_listing_falls_back_to_a_matching_workspace(tmp_path):
+def test_missing_dir_listing_falls_back_to_the_workspace_or_the_whole_folder(tmp_path):
     project = make_project(tmp_path / "p")
     for listing in (project / ".dvc" / "cache").rglob("*.dir"):
         listing.unlink()
     lock = project / "dvc.lock"
     assert verify.run_verify(project, lock, repro=False).ok
     (project / "res" / "a.txt").write_text("edited\n")
-    with pytest.raises(HandEyeError, match="res/ is not in the DVC cache"):
-        verify.run_verify(project, lock, repro=False)
+    report = verify.run_verify(project, lock, repro=False)  # no listing to compare file by file: the folder
+    assert [m.path for m in report.mismatches] == ["res/"] and "res/" in report.checked
 
 
 def test_missing_lock_is_a_user_error(tmp_path):
@@ -130,13 +131,27 @@ def test_missing_lock_is_a_user_error(tmp_path):
 
 
 def test_outputs_needs_no_repro(tmp_path):
-    args = argparse.Namespace(lock=tmp_path / "dvc.lock", repro=True, outputs=tmp_path)
+    args = argparse.Namespace(lock=tmp_path / "dvc.lock", repro=True, outputs=tmp_path, claims=None)
     with pytest.raises(HandEyeError, match="--no-repro"):
         verify.main(args)
 
 
 def test_lock_outside_a_dvc_project_is_a_user_error(tmp_path):
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
-    args = argparse.Namespace(lock=tmp_path / "dvc.lock", repro=False, outputs=None)
+    args = argparse.Namespace(lock=tmp_path / "dvc.lock", repro=False, outputs=None, claims=None)
     with pytest.raises(HandEyeError, match="not the root of a DVC project"):
+        verify.main(args)
+
+
+def test_bits_that_differ_on_another_cpu_pass_and_name_both_cpus(tmp_path, capsys):
+    project = make_project(tmp_path / "p")
+    (project / "res" / "a.txt").write_text("other CPU, other last bits\n")
+    other = tmp_path / "lock-cpu.json"
+    other.write_text(json.dumps({"model": "AMD EPYC 7B13", "flags": ["avx2"]}))
+    args = argparse.Namespace(lock=project / "dvc.lock", repro=False, outputs=None, claims=None, lock_cpu=other)
+    assert verify.main(args) == 0
+    out = capsys.readouterr().out
+    assert "bits differ (1 of 4 files): other CPU (" in out and "than dvc.lock (AMD EPYC 7B13 (avx2))" in out
+    args.lock_cpu = tmp_path / "absent.json"
+    with pytest.raises(HandEyeError, match=r"--lock-cpu .*absent.json not found"):
         verify.main(args)

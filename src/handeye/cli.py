@@ -23,7 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "probe": ("handeye.probe", "linear probe (verb/noun/action) on cached EPIC features of one encoder"),
     "report": ("handeye.report", "write paper_figs/: recognition table (.md/.tex), probe chart, other sections"),
     "rl": ("handeye.rl.train", "PPO (rsl-rl) on two-camera cube reorientation through a frozen encoder"),
-    "verify": ("handeye.verify", "re-run the pipeline, check outputs bit for bit against dvc.lock"),
+    "verify": ("handeye.verify", "re-run the pipeline; check its bits against dvc.lock and its claims against seed bands"),
+    "claims": ("handeye.claims", "the paper's claims: measure them, make their seed bands, describe this CPU"),
 }
 
 

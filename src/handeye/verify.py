@@ -1,6 +1,11 @@
-"""``handeye verify`` (`make verify`): re-execute the pipeline and check it bit for bit against dvc.lock.
+"""``handeye verify`` (`make verify`): re-execute the pipeline and check it at two levels.
 
-Reads dvc.lock *before* ``dvc repro -f`` rewrites it, then compares the md5 of every output file with what
+Bits: every output file against the md5 dvc.lock records. Claims (handeye.claims): every number of the
+table and the reward curves against the band that seed variation spans (reference/claims-demo.json), and
+every ordering that held on all seeds. Bits repeat only on a CPU like the one that wrote dvc.lock; claims
+should hold anywhere. Exit status 1 when a claim fails, or when bits differ on a CPU like dvc.lock's.
+
+Bits: reads dvc.lock *before* ``dvc repro -f`` rewrites it, then compares the md5 of every output file with what
 that lock recorded. A directory output is compared file by file through its ``.dir`` listing in the DVC
 cache, so a changed wall-clock file inside a folder neither hides nor causes a difference in its neighbours.
 Exempt, and listed: wall-clock timing files, the wall-time figures drawn from them, and run manifests (they
@@ -22,11 +27,12 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from handeye import claims
 from handeye.errors import HandEyeError
-from handeye.repro import file_md5
+from handeye.repro import cpu_description, file_md5
 
 # Matched against the path relative to the project root, from the right (PurePosixPath.match).
-EXEMPT_PATTERNS = ("timings.json", "paper_figs/*wall*", "run_manifest.json")
+EXEMPT_PATTERNS = ("timings.json", "paper_figs/*wall*", "run_manifest.json", "paper_figs/machine.json")
 
 
 def is_exempt(relpath: str) -> bool:
@@ -113,7 +119,9 @@ def expected_files(outs: Iterable[dict], project: Path,
     """{file path relative to the project: md5} for every file the lock records, directories expanded.
 
     A folder declared ``cache: false`` has no ``.dir`` listing in the cache; its listing is then taken from
-    the workspace, provided the workspace folder hashes to what the lock records.
+    the workspace, provided the workspace folder hashes to what the lock records. Otherwise (a container
+    whose fresh cache has only the listings of its own outputs) the folder is checked as a whole, under the
+    key ``<path>/``.
     """
     files: dict[str, str] = {}
     for out in outs:
@@ -127,8 +135,8 @@ def expected_files(outs: Iterable[dict], project: Path,
         if entries is None:
             entries = _workspace_listing(project, path)
             if dir_md5(entries) != md5:
-                raise HandEyeError(f"the file listing {md5} of {path}/ is not in the DVC cache and the "
-                                   f"workspace folder differs from dvc.lock: run `dvc fetch` or `dvc repro`")
+                files[f"{path}/"] = md5
+                continue
         files.update({f"{path}/{rel}": m for rel, m in entries.items()})
     return files
 
@@ -137,8 +145,15 @@ def check_files(expected: dict[str, str], outs: Iterable[dict], root: Path) -> R
     """Compare the files under ``root`` with ``expected``; files found in an output folder but not in the
     lock count as mismatches too."""
     report = Report()
-    found = {p for out in outs for p in _files_under(root, out["path"])}
-    for rel in sorted(set(expected) | found):
+    whole = [rel for rel in expected if rel.endswith("/")]
+    found = {p for out in outs for p in _files_under(root, out["path"])
+             if not any(p.startswith(folder) for folder in whole)}
+    for rel in whole:
+        have = dir_md5(_workspace_listing(root, rel[:-1])) if (root / rel).is_dir() else None
+        report.checked.append(rel)
+        if have != expected[rel]:
+            report.mismatches.append(Mismatch(rel, expected[rel], have))
+    for rel in sorted((set(expected) - set(whole)) | found):
         if is_exempt(rel):
             report.exempt.append(rel)
             continue
@@ -189,6 +204,63 @@ def run_verify(project: Path, lock: Path, outputs: Path | None = None, repro: bo
     return check_files(expected, outs, outputs or lock.parent)
 
 
+def lock_cpu(outs: Iterable[dict], project: Path) -> dict | None:
+    """The CPU that wrote dvc.lock: its paper_figs/machine.json (stage machine, committed with the lock), else
+    a run_manifest.json it records; each taken from the DVC cache or the workspace where its md5 matches the
+    lock's, so call it before a repro rewrites them."""
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        odb = repo.cache.repo
+    outs = sorted((o for o in outs if "md5" in o and PurePosixPath(o["path"]).name in
+                   ("machine.json", "run_manifest.json")), key=lambda o: not o["path"].endswith("machine.json"))
+    for out in outs:
+        for path in (Path(odb.oid_to_path(out["md5"])), project / out["path"]):
+            if path.is_file() and file_md5(path) == out["md5"]:
+                record = json.loads(path.read_text())
+                return record if out["path"].endswith("machine.json") else record.get("cpu")
+    return None
+
+
+def describe_cpu(cpu: dict | None) -> str:
+    if not cpu:
+        return "an unrecorded CPU"
+    return f"{cpu.get('model') or 'unknown model'} ({', '.join(cpu.get('flags') or []) or 'no AVX2'})"
+
+
+def check_claims(params_path: Path, outputs: Path, reference: Path) -> list[claims.Verdict] | None:
+    """Verdicts of the reference's claims on the outputs; None when the reference was made for other params."""
+    from handeye.config import read_yaml
+
+    ref = claims.read_reference(reference)
+    params = read_yaml(params_path)
+    if not claims.applies(ref, params):
+        print(f"verify: {reference} was made for other parameters than {params_path}: claims not checked")
+        return None
+    return claims.check(claims.measure(params, outputs), ref)
+
+
+def summary(report: Report, verdicts: list[claims.Verdict] | None, here: dict | None,
+            locked: dict | None) -> tuple[str, bool]:
+    """The one summary line, and whether the run passes: no failed claim, and no bit difference on a CPU
+    like the one that wrote dvc.lock."""
+    n = len(report.checked)
+    like = locked is None or here == locked  # a lock that names no CPU cannot excuse a difference
+    if report.ok:
+        bits = f"{n}/{n} files identical"
+    elif locked is None:
+        bits = f"bits differ: {len(report.mismatches)} of {n} files, and dvc.lock's run manifests name no CPU"
+    elif like:
+        bits = f"bits differ: {len(report.mismatches)} of {n} files on a CPU like dvc.lock's ({describe_cpu(here)})"
+    else:
+        bits = (f"bits differ ({len(report.mismatches)} of {n} files): other CPU ({describe_cpu(here)}) than "
+                f"dvc.lock ({describe_cpu(locked)})")
+    if verdicts is None:
+        return f"{bits}; claims: not checked", report.ok or not like
+    held = sum(v.ok for v in verdicts)
+    return f"{bits}; claims: {held}/{len(verdicts)} within their bands", held == len(verdicts) and (report.ok or not like)
+
+
 def print_report(report: Report) -> None:
     patterns = ", ".join(EXEMPT_PATTERNS)
     print(f"verify: exempt from the bit-for-bit check ({patterns}): {len(report.exempt)} files")
@@ -197,11 +269,9 @@ def print_report(report: Report) -> None:
     if report.ok:
         print(f"verify: OK, {len(report.checked)} files identical to dvc.lock")
         return
-    print(f"verify: FAILED, {len(report.mismatches)} of {len(report.checked)} files differ from dvc.lock:")
+    print(f"verify: {len(report.mismatches)} of {len(report.checked)} files differ from dvc.lock:")
     for m in report.mismatches:
         print(f"  differs {m}")
-    print("verify: bits repeat only on a CPU like the one that wrote dvc.lock (README, Reproducibility); "
-          "each run_manifest.json names its CPU")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -210,6 +280,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="check the outputs as they are instead of re-executing with `dvc repro -f`")
     p.add_argument("--outputs", type=Path, default=None,
                    help="folder holding the outputs (default: the lock's folder); e.g. a container's copy")
+    p.add_argument("--claims", type=Path, default=Path("reference/claims-demo.json"),
+                   help="the seed bands of the claims (handeye claims bands), relative to the project")
+    p.add_argument("--lock-cpu", type=Path, default=None,
+                   help="a JSON description of the CPU that wrote --lock (default: its paper_figs/machine.json)")
+    p.add_argument("--no-claims", dest="claims", action="store_const", const=None,
+                   help="check the bits only (a project without a claims reference)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -219,6 +295,22 @@ def main(args: argparse.Namespace) -> int:
     if not (lock.parent / ".dvc").is_dir():
         raise HandEyeError(f"{lock.parent} is not the root of a DVC project: --lock must be the dvc.lock of the "
                            f"project to verify (beside its .dvc/ folder)")
-    report = run_verify(lock.parent, lock, args.outputs, repro=args.repro)
+    project = lock.parent
+    reference = None
+    if args.claims is not None:
+        reference = args.claims if args.claims.is_absolute() else project / args.claims
+        claims.read_reference(reference)  # a missing or broken reference stops here, before the repro
+    lock_cpu_file = getattr(args, "lock_cpu", None)
+    if lock_cpu_file is not None and not lock_cpu_file.is_file():
+        raise HandEyeError(f"--lock-cpu {lock_cpu_file} not found")
+    locked = json.loads(lock_cpu_file.read_text()) if lock_cpu_file else lock_cpu(locked_outputs(lock), project)
+    report = run_verify(project, lock, args.outputs, repro=args.repro)
     print_report(report)
-    return 0 if report.ok else 1
+    verdicts = None
+    if reference is not None:
+        verdicts = check_claims(project / "params.yaml", args.outputs or project, reference)
+        for v in verdicts or []:
+            print(v)
+    line, ok = summary(report, verdicts, cpu_description(), locked)
+    print(f"verify: {line}")
+    return 0 if ok else 1

@@ -1,0 +1,92 @@
+"""Cost and effect of the portable-bits mode (HANDEYE_PORTABLE_BITS=1, handeye.PORTABLE_BITS_ENV).
+
+    python benchmarks/bench_portable.py [--epochs 10]       # pretrain: img/s and encoder bytes, both modes
+    python benchmarks/bench_portable.py --full              # + the whole demo under the mode vs dvc.lock
+
+The pretrain part runs the demo's ego_full pretraining twice in the same run, default math and then the math
+capped at AVX2, and prints both img/s (the cost) and whether the exported encoders are byte-identical (whether
+the cap reaches the kernels this CPU runs). ``--full`` re-executes the whole demo pipeline in a scratch copy
+under the mode and counts the output files that differ from dvc.lock; run it on two CPU kinds and compare
+the two copies' dvc.lock files to learn whether the mode makes bits portable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CLAIMS = "reference/claims-demo.json"
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def pretrain(portable: bool, data_dir: Path, epochs: int, work: Path) -> tuple[float, str]:
+    """One pretraining run -> (training img/s as the stage measured it, md5 of encoder.pt)."""
+    from handeye.repro import file_md5
+
+    tag = "portable" if portable else "default"
+    out = work / tag
+    env = {**os.environ, "HANDEYE_PORTABLE_BITS": "1" if portable else "0"}
+    subprocess.run([sys.executable, "-m", "handeye", "pretrain", "--data-dir", str(data_dir), "--output-dir",
+                    str(out), "--epochs", str(epochs), "--init", "random"], check=True, cwd=ROOT, env=env,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return json.loads((out / "timings.json").read_text())["images_per_second"], file_md5(out / "encoder.pt")
+
+
+def full_demo(work: Path) -> None:
+    """The whole demo under the mode in a copy of the project; prints the files that differ from dvc.lock."""
+    from handeye import claims, verify
+
+    claims.copy_project(ROOT, work)
+    env = {**os.environ, "HANDEYE_PORTABLE_BITS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    outs = verify.locked_outputs(ROOT / "dvc.lock")
+    expected = verify.expected_files(outs, ROOT, verify.dvc_dir_listing(ROOT))
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "--no-run-cache"], cwd=work, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    report = verify.check_files(expected, outs, work)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    verdicts = claims.check(claims.measure(params, work), claims.read_reference(ROOT / CLAIMS))
+    print(f"full demo, portable bits: {seconds:.0f} s; {len(report.mismatches)} of {len(report.checked)} files "
+          f"differ from dvc.lock; claims {sum(v.ok for v in verdicts)}/{len(verdicts)} within their bands "
+          f"({CLAIMS}); its lock: {work / 'dvc.lock'}")
+    for m in report.mismatches:
+        print(f"  differs {m.path}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", type=Path, default=ROOT / "out/frames/ego")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--full", action="store_true", help="also run the whole demo under the mode")
+    ap.add_argument("--keep", type=Path, default=None, help="--full: run in this folder and keep it")
+    args = ap.parse_args()
+    if not (args.data_dir / "frames.csv").is_file():
+        sys.exit(f"bench_portable: {args.data_dir} has no frame shards; run `make repro` (or dvc repro) first")
+    with tempfile.TemporaryDirectory() as tmp:
+        base, base_md5 = pretrain(False, args.data_dir, args.epochs, Path(tmp))
+        port, port_md5 = pretrain(True, args.data_dir, args.epochs, Path(tmp))
+    print(f"pretrain, default math: {base:.1f} img/s (reference)")
+    print(f"pretrain, portable bits: {port:.1f} img/s ({port / base:.2f}x the reference); encoder.pt "
+          f"{'byte-identical to' if port_md5 == base_md5 else 'differs from'} the default's")
+    if args.full:
+        if args.keep:
+            args.keep.mkdir(parents=True)
+            full_demo(args.keep)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                full_demo(Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
