@@ -178,8 +178,9 @@ def copy_project(project: Path, dest: Path) -> None:
     if (project / "data").is_dir():
         shutil.copytree(project / "data", dest / "data", symlinks=True)
     cache = project / ".dvc" / "cache"
-    subprocess.run([sys.executable, "-m", "dvc", "config", "--local", "cache.dir", str(cache.resolve())],
-                   cwd=dest, check=True, capture_output=True)
+    for key, value in (("cache.dir", str(cache.resolve())), ("core.no_scm", "true")):  # a copy without .git
+        subprocess.run([sys.executable, "-m", "dvc", "config", "--local", key, value], cwd=dest, check=True,
+                       capture_output=True)
 
 
 def run_seed(project: Path, params: dict, seed: int) -> dict[str, float]:
