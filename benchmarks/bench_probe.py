@@ -52,7 +52,7 @@ def bench_encoder(spec: str, data: Path, work: Path, k: int, epochs: int, thread
     enc = encoders.load_encoder(spec, pooling=cfg.pooling, batch_size=cfg.batch_size)
     train = epic.load_split(data, "train")
     start = time.perf_counter()
-    features.embed_segments(enc, cfg, train.segments, epic.MissingReport())
+    features.embed_segments([enc], cfg, train.segments, epic.MissingReport())
     reencode_epoch_s = time.perf_counter() - start
 
     pcfg = dataclasses.replace(probe.ProbeConfig(), epochs=epochs, batch_size=64, blr=10.0)
