@@ -21,13 +21,49 @@ from handeye.errors import HandEyeError
 
 PARAMS_FILE = Path("params.yaml")
 PROFILES_DIR = Path("configs")
+PROJECT_MARKERS = ("params.yaml", "dvc.yaml")
+# The checkout this package was installed from (editable install: src/handeye/config.py -> the repository).
+PACKAGE_CHECKOUT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def is_project(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in PROJECT_MARKERS)
+
+
+def project_root(cwd: Path | None = None) -> Path | None:
+    """The project that relative defaults (params.yaml, configs/, data/weights, out/models) belong to.
+
+    A working folder with its own params.yaml is its own project (tests and scratch runs rely on that);
+    otherwise the nearest parent with params.yaml and dvc.yaml, else the checkout of this package."""
+    cwd = (cwd or Path.cwd()).resolve()
+    if (cwd / PARAMS_FILE).is_file():
+        return cwd
+    for folder in cwd.parents:
+        if is_project(folder):
+            return folder
+    return PACKAGE_CHECKOUT if is_project(PACKAGE_CHECKOUT) else None
+
+
+def project_path(path: str | Path) -> Path:
+    """``path`` as given when it exists from here (always so in the project root, which keeps the stages'
+    inputs and outputs unchanged), else the project root's copy of it when that exists.
+
+    Only for inputs: an output path is never redirected into the project."""
     path = Path(path)
+    if path.is_absolute() or path.exists():
+        return path
+    root = project_root()
+    if root is not None and (root / path).exists():
+        return root / path
+    return path
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = project_path(path)
     if not path.is_file():
-        raise HandEyeError(f"parameter file {path} not found (run from the repository root)")
+        raise HandEyeError(f"parameter file {path} not found: run from the project root (the folder with "
+                           f"params.yaml and dvc.yaml) or pass --params FILE")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -124,7 +160,7 @@ def deep_merge(base: dict[str, Any], overrides: dict[str, Any], where: str = "")
 
 
 def known_profiles(profiles_dir: Path = PROFILES_DIR) -> list[str]:
-    return ["demo", *sorted(p.stem for p in profiles_dir.glob("*.yaml"))]
+    return ["demo", *sorted(p.stem for p in project_path(profiles_dir).glob("*.yaml"))]
 
 
 def resolve_profile(name: str, params: Path = PARAMS_FILE, profiles_dir: Path = PROFILES_DIR) -> dict[str, Any]:
@@ -132,7 +168,7 @@ def resolve_profile(name: str, params: Path = PARAMS_FILE, profiles_dir: Path = 
     base = read_yaml(params)
     if name == "demo":
         return base
-    path = profiles_dir / f"{name}.yaml"
+    path = project_path(profiles_dir) / f"{name}.yaml"
     if not path.is_file():
         raise HandEyeError(f"unknown profile '{name}'; known: {', '.join(known_profiles(profiles_dir))}")
     return deep_merge(base, read_yaml(path))

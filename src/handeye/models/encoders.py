@@ -27,6 +27,7 @@ from typing import Literal, Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
+from handeye.config import project_path
 from handeye.errors import HandEyeError
 from handeye.models import vit
 from handeye.models.vit import Preprocess
@@ -156,9 +157,11 @@ def known_encoders() -> list[str]:
 
 
 def registry_path(name: str, models_root: Path = MODELS_ROOT, weights_root: Path = WEIGHTS_ROOT) -> Path:
-    """The local file or folder a registry name reads (a DINOv3 Hub model may fall back to the Hub)."""
+    """The local file or folder a registry name reads (a DINOv3 Hub model may fall back to the Hub); relative
+    roots fall back to the project root's when run from another folder (handeye.config.project_path)."""
     entry = REGISTRY[name]
-    return Path(models_root) / name / "encoder.pt" if entry.kind == "export" else Path(weights_root) / name
+    path = Path(models_root) / name / "encoder.pt" if entry.kind == "export" else Path(weights_root) / name
+    return project_path(path)
 
 
 def load_encoder(spec: str, *, models_root: str | Path = MODELS_ROOT, weights_root: str | Path = WEIGHTS_ROOT,
@@ -184,7 +187,7 @@ def load_encoder(spec: str, *, models_root: str | Path = MODELS_ROOT, weights_ro
         return _load_dinov3(entry.hub_id, spec, **kw)
     if spec.startswith(RANDOM_PREFIX):
         return random_encoder(spec[len(RANDOM_PREFIX):], seed=seed, **kw)
-    path = Path(spec)
+    path = project_path(spec)  # e.g. frames.dedup_encoder data/weights/dinov3-standin run from another folder
     if not path.exists() and HUB_DINOV3.fullmatch(spec):
         return _load_dinov3(spec, spec.split("/")[-1], **kw)
     if path.is_dir():
