@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 # The interpreter: $PYTHON if given; else Debian's own python3.11 where it can make a venv; else python3.
 # Debian builds it with PGO and LTO and links libpython statically; a source build without them (pyenv's
 # default, the python3 first on PATH where this was measured) started processes ~20% slower:
-# `import torch, timm` and a no-op `dvc repro` (benchmarks/bench_startup.py; README, Quick start).
+# `import torch, timm` and a no-op `dvc repro` (benchmarks/bench_startup.py; docs/performance.md, Interpreter start-up).
 if [ -z "${PYTHON:-}" ]; then
   PYTHON=python3
   if [ -x /usr/bin/python3.11 ] && /usr/bin/python3.11 -c 'import ensurepip, venv' 2>/dev/null; then

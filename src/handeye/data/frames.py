@@ -50,8 +50,8 @@ from typing import Any, Literal
 import numpy as np
 from tqdm import tqdm
 
-from handeye import repro
-from handeye.config import PARAMS_FILE, load_config
+from handeye import preflight, repro
+from handeye.config import PARAMS_FILE, load_config, read_yaml
 from handeye.data import epic, video
 from handeye.errors import HandEyeError
 
@@ -767,6 +767,10 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_config(FramesConfig, "frames", args.params, {n: getattr(args, n) for n in names})
     if args.every_n is not None and args.fps is None:
         cfg = dataclasses.replace(cfg, fps=None)  # --every-n on its own replaces the configured fps
+    # The first stage of `dvc repro`: every external input of the whole profile (corpora, DINOv3, the MAE init,
+    # EPIC annotations) is checked here, so that a missing one stops the run before anything is decoded.
+    params = {**read_yaml(args.params), "frames": dataclasses.asdict(cfg)}
+    preflight.check_stage_inputs(args.input, params)
     result = run_frames(cfg, args.input, args.out, progress=not args.no_progress)
     print(result.summary_line())
     return 0

@@ -36,6 +36,8 @@ Pooling = Literal["cls", "mean"]
 MODELS_ROOT = Path("out/models")
 WEIGHTS_ROOT = Path("data/weights")
 DINOV3_LICENSE = "DINOv3 License (https://ai.meta.com/resources/models-and-libraries/dinov3-license/)"
+GATED_HINT = " (a gated model: accept its license on the Hub and set HF_TOKEN, or put the downloaded folder under " \
+             "the weights root)"
 
 
 @runtime_checkable
@@ -245,12 +247,15 @@ def _load_dinov3(source: str | Path, name: str, **kw) -> DINOv3Encoder:
     from transformers import DINOv3ViTModel
 
     local = not isinstance(source, str)
+    hint = "" if local else GATED_HINT
+    token = None if local else os.environ.get("HF_TOKEN")
+    if not local and not token and not _in_hub_cache(source):
+        # Without a token a gated download cannot succeed: say so now, not after the Hub client's retries (~26 s).
+        raise HandEyeError(f"cannot load DINOv3 '{source}'{hint}: HF_TOKEN is not set and the model is not in "
+                           f"the Hugging Face cache")
     try:
-        token = None if local else os.environ.get("HF_TOKEN")
         model = DINOv3ViTModel.from_pretrained(str(source), token=token)
     except (OSError, ValueError) as e:
-        hint = "" if local else " (a gated model: accept its license on the Hub and set HF_TOKEN, " \
-                                "or put the downloaded folder under the weights root)"
         raise HandEyeError(f"cannot load DINOv3 '{source}'{hint}: {str(e).splitlines()[0][:200]}") from None
     cfg = model.config
     mean, std = _hf_normalisation(Path(source)) if local else (vit.IMAGENET_MEAN, vit.IMAGENET_STD)
@@ -258,6 +263,13 @@ def _load_dinov3(source: str | Path, name: str, **kw) -> DINOv3Encoder:
     pre = Preprocess(input_size=int(cfg.image_size), mean=mean, std=std, patch_size=int(cfg.patch_size),
                      license="n/a (stand-in, random weights)" if standin else DINOV3_LICENSE)
     return DINOv3Encoder(name, model, pre, int(cfg.hidden_size), provenance={"source": str(source)}, **kw)
+
+
+def _in_hub_cache(hub_id: str) -> bool:
+    """The Hub model was downloaded before (a cached gated model loads without a token)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
 
 
 def _hf_normalisation(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
