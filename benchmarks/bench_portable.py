@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,7 +43,7 @@ def pretrain(portable: bool, data_dir: Path, epochs: int, work: Path) -> tuple[f
     return json.loads((out / "timings.json").read_text())["images_per_second"], file_md5(out / "encoder.pt")
 
 
-def full_demo(work: Path, portable: bool) -> float:
+def full_demo(work: Path, portable: bool, save_lock: Path | None) -> float:
     """The whole demo re-executed in a copy of the project; prints the files that differ from dvc.lock and
     how the claims fare. -> seconds."""
     from handeye import claims, verify
@@ -67,6 +68,9 @@ def full_demo(work: Path, portable: bool) -> float:
           f"from dvc.lock; {verdict}")
     for m in report.mismatches:
         print(f"  differs {m.path}")
+    if save_lock is not None:
+        save_lock.mkdir(parents=True, exist_ok=True)
+        shutil.copy(work / "dvc.lock", save_lock / f"dvc.{'portable' if portable else 'default'}.lock")
     return seconds
 
 
@@ -75,6 +79,8 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=ROOT / "out/frames/ego")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--full", action="store_true", help="also run the whole demo under the mode")
+    ap.add_argument("--save-locks", type=Path, default=None,
+                    help="--full: keep both runs' dvc.lock here, to compare with another CPU kind's")
     args = ap.parse_args()
     if not (args.data_dir / "frames.csv").is_file():
         sys.exit(f"bench_portable: {args.data_dir} has no frame shards; run `make repro` (or dvc repro) first")
@@ -86,8 +92,8 @@ def main() -> None:
           f"{'byte-identical to' if port_md5 == base_md5 else 'differs from'} the default's")
     if args.full:
         with tempfile.TemporaryDirectory() as tmp:
-            base = full_demo(Path(tmp) / "default", portable=False)
-            port = full_demo(Path(tmp) / "portable", portable=True)
+            base = full_demo(Path(tmp) / "default", portable=False, save_lock=args.save_locks)
+            port = full_demo(Path(tmp) / "portable", portable=True, save_lock=args.save_locks)
         print(f"full demo: portable bits take {port / base:.2f}x the default's time")
 
 
