@@ -61,7 +61,7 @@ def test_profiles(tmp_path):
 def test_repository_profiles_resolve():
     """Every shipped profile only overrides keys that params.yaml has."""
     root = Path(__file__).resolve().parents[1]
-    assert known_profiles(root / "configs") == ["demo", "demo-long", "paper"]
+    assert known_profiles(root / "configs") == ["demo", "demo-long", "paper", "paper-smoke"]
     for name in known_profiles(root / "configs"):
         assert resolve_profile(name, root / "params.yaml", root / "configs")
 

@@ -16,7 +16,8 @@ from handeye.errors import HandEyeError
 # name -> (module, one-line help). Add a stage here and give its module add_arguments/main.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo-data": ("handeye.data.demo_data", "generate the embedded demo dataset (ego/, epic/, generic/)"),
-    "profile": ("handeye.profile", "write the resolved parameters of a profile (demo, paper)"),
+    "smoke-data": ("handeye.data.smoke_data", "write tiny data in the paper's real formats (paper-smoke profile)"),
+    "profile": ("handeye.profile", "write the resolved parameters of a profile (demo, paper, paper-smoke)"),
     "extract-frames": ("handeye.data.frames", "decode, deduplicate and shard the frames of a video corpus"),
     "pretrain": ("handeye.pretrain", "MAE pretraining of one strategy (random/imagenet/PATH init, frozen blocks)"),
     "features": ("handeye.features", "embed the frames of every EPIC segment once per encoder (feature cache)"),
