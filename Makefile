@@ -50,7 +50,7 @@ verify: data  ## re-run the whole pipeline (dvc repro -f): bits against dvc.lock
 	$(BIN)/handeye verify
 
 bands: data  ## re-measure the claims' seed bands: the demo pipeline once per seed (reference/claims-demo.json)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/handeye claims bands --seeds 0 1 2 3 4 --out reference/claims-demo.json
+	$(BIN)/handeye claims bands --seeds 0 1 2 3 4 --out reference/claims-demo.json
 
 docker-test: $(STAMP)  ## build docker/Dockerfile with podman (no engine), run the demo in it, compare with dvc.lock
 	scripts/docker_test.sh

@@ -49,8 +49,9 @@ def full_demo(work: Path, portable: bool, save_lock: Path | None) -> float:
     from handeye import claims, verify
 
     claims.copy_project(ROOT, work)
-    env = {**os.environ, "HANDEYE_PORTABLE_BITS": "1" if portable else "0",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    from handeye.repro import stage_env
+
+    env = stage_env(HANDEYE_PORTABLE_BITS="1" if portable else "0")
     outs = verify.locked_outputs(ROOT / "dvc.lock")
     expected = verify.expected_files(outs, ROOT, verify.dvc_dir_listing(ROOT))
     start = time.perf_counter()

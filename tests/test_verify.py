@@ -81,7 +81,7 @@ def test_changed_output_fails_with_its_path(tmp_path, capsys):
     project = make_project(tmp_path / "p")
     (project / "noisy.txt").write_text("")  # curve.png now gets random bytes on every run
     dvc(project, "repro", "-q", "-f")
-    args = argparse.Namespace(lock=project / "dvc.lock", repro=True, outputs=None, claims=None)
+    args = argparse.Namespace(lock=project / "dvc.lock", repro=True, outputs=None, claims=None, lock_cpu=None)
     assert verify.main(args) == 1  # the lock names no CPU, so nothing excuses the difference
     out = capsys.readouterr().out
     assert "1 of 4 files differ" in out
@@ -131,14 +131,14 @@ def test_missing_lock_is_a_user_error(tmp_path):
 
 
 def test_outputs_needs_no_repro(tmp_path):
-    args = argparse.Namespace(lock=tmp_path / "dvc.lock", repro=True, outputs=tmp_path, claims=None)
+    args = argparse.Namespace(lock=tmp_path / "dvc.lock", repro=True, outputs=tmp_path, claims=None, lock_cpu=None)
     with pytest.raises(HandEyeError, match="--no-repro"):
         verify.main(args)
 
 
 def test_lock_outside_a_dvc_project_is_a_user_error(tmp_path):
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
-    args = argparse.Namespace(lock=tmp_path / "dvc.lock", repro=False, outputs=None, claims=None)
+    args = argparse.Namespace(lock=tmp_path / "dvc.lock", repro=False, outputs=None, claims=None, lock_cpu=None)
     with pytest.raises(HandEyeError, match="not the root of a DVC project"):
         verify.main(args)
 

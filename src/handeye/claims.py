@@ -20,11 +20,11 @@ training seed (pretrain, features, probe, rl) set to that seed.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import hashlib
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from handeye.config import PARAMS_FILE, load_config, read_yaml
 from handeye.errors import HandEyeError
-from handeye.repro import atomic_write_json, cpu_description, git_state
+from handeye.repro import atomic_write_json, cpu_description, git_state, stage_env
 
 LEVEL = 0.95
 # Sections whose `seed` the band run varies; the demo data and the frame sampling stay those of data.dvc.
@@ -138,7 +138,7 @@ def held_orderings(per_seed: list[dict[str, float]]) -> list[list[str]]:
 
 def seedless_digest(params: dict) -> str:
     """A digest of the parameters with the band run's seeds removed: a reference applies only to them."""
-    stripped = json.loads(json.dumps(params))
+    stripped = copy.deepcopy(params)
     for section in SEEDED_SECTIONS:
         (stripped.get(section) or {}).pop("seed", None)
     (stripped.get("rl") or {}).pop("seeds", None)
@@ -160,7 +160,7 @@ def make_reference(per_seed: list[dict[str, float]], seeds: list[int], params: d
 
 
 def seeded_params(params: dict, seed: int) -> dict:
-    out = json.loads(json.dumps(params))
+    out = copy.deepcopy(params)
     for section in SEEDED_SECTIONS:
         out[section]["seed"] = seed
     out["rl"]["seeds"] = [seed]
@@ -187,7 +187,7 @@ def run_seed(project: Path, params: dict, seed: int) -> dict[str, float]:
     """The claim values of one full pipeline run with every training seed set to ``seed``."""
     import yaml
 
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = stage_env()
     with tempfile.TemporaryDirectory(prefix=f"handeye-seed{seed}-") as tmp:
         work = Path(tmp)
         copy_project(project, work)

@@ -83,6 +83,13 @@ def torch_generator(seed: int):
     return g
 
 
+def stage_env(**extra: str) -> dict[str, str]:
+    """The environment for `dvc repro`: stage commands call `handeye`, so the one installed beside this
+    interpreter comes first on PATH, even where .venv is not activated."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, **extra}
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.

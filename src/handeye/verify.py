@@ -29,7 +29,7 @@ import yaml
 
 from handeye import claims
 from handeye.errors import HandEyeError
-from handeye.repro import cpu_description, file_md5
+from handeye.repro import cpu_description, file_md5, stage_env
 
 # Matched against the path relative to the project root, from the right (PurePosixPath.match).
 EXEMPT_PATTERNS = ("timings.json", "paper_figs/*wall*", "run_manifest.json", "paper_figs/machine.json")
@@ -182,8 +182,7 @@ def remove_persisted_outputs(project: Path) -> list[str]:
 
 def repro_all(project: Path) -> None:
     """``dvc repro -f``: re-execute every stage; a plain repro could restore outputs from the run-cache."""
-    # Stage commands call `handeye`: the one installed beside this interpreter, even if .venv is not active.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = stage_env()
     removed = remove_persisted_outputs(project)
     if removed:
         print(f"verify: removed {len(removed)} persisted outputs so that their stages re-execute: "
@@ -255,10 +254,11 @@ def summary(report: Report, verdicts: list[claims.Verdict] | None, here: dict | 
     else:
         bits = (f"bits differ ({len(report.mismatches)} of {n} files): other CPU ({describe_cpu(here)}) than "
                 f"dvc.lock ({describe_cpu(locked)})")
+    bits_ok = report.ok or not like
     if verdicts is None:
-        return f"{bits}; claims: not checked", report.ok or not like
+        return f"{bits}; claims: not checked", bits_ok
     held = sum(v.ok for v in verdicts)
-    return f"{bits}; claims: {held}/{len(verdicts)} within their bands", held == len(verdicts) and (report.ok or not like)
+    return f"{bits}; claims: {held}/{len(verdicts)} within their bands", bits_ok and held == len(verdicts)
 
 
 def print_report(report: Report) -> None:
@@ -300,10 +300,9 @@ def main(args: argparse.Namespace) -> int:
     if args.claims is not None:
         reference = args.claims if args.claims.is_absolute() else project / args.claims
         claims.read_reference(reference)  # a missing or broken reference stops here, before the repro
-    lock_cpu_file = getattr(args, "lock_cpu", None)
-    if lock_cpu_file is not None and not lock_cpu_file.is_file():
-        raise HandEyeError(f"--lock-cpu {lock_cpu_file} not found")
-    locked = json.loads(lock_cpu_file.read_text()) if lock_cpu_file else lock_cpu(locked_outputs(lock), project)
+    if args.lock_cpu is not None and not args.lock_cpu.is_file():
+        raise HandEyeError(f"--lock-cpu {args.lock_cpu} not found")
+    locked = json.loads(args.lock_cpu.read_text()) if args.lock_cpu else lock_cpu(locked_outputs(lock), project)
     report = run_verify(project, lock, args.outputs, repro=args.repro)
     print_report(report)
     verdicts = None
