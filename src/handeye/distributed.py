@@ -14,6 +14,7 @@ left), printed by rank 0 alone: the user sees one line, not one per rank.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import os
@@ -85,21 +86,22 @@ def backend_for(device) -> str:
 
 @contextlib.contextmanager
 def process_group(world: World, device) -> Iterator[World]:
-    """Join the launch's process group for the duration (nothing to join at world size 1)."""
+    """Join the launch's process group (nothing to join at world size 1), once per process: a second stage in
+    the same process (``rl`` then ``rl --resume``) reuses it. Re-joining after a destroy is unreliable under
+    torchrun: its store keeps the first group's gloo addresses, and a rank may dial a port that has closed."""
     if not world.distributed:
         yield world
         return
     import torch
     import torch.distributed as dist
 
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend_for(device), rank=world.rank, world_size=world.world_size, timeout=TIMEOUT,
-                            **({"device_id": device} if device.type == "cuda" else {}))
-    try:
-        yield world
-    finally:
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend_for(device), rank=world.rank, world_size=world.world_size,
+                                timeout=TIMEOUT, **({"device_id": device} if device.type == "cuda" else {}))
+        atexit.register(dist.destroy_process_group)
+    yield world
 
 
 def all_gather_object(world: World, obj: Any) -> list[Any]:
