@@ -36,10 +36,11 @@ def write_outputs(root: Path) -> None:
         metrics = run / "live/plots/metrics"
         (metrics / "Train").mkdir(parents=True)
         (metrics / "Episode_Reward").mkdir()
+        (metrics / "Episode").mkdir()
         (run / "timings.json").write_text(json.dumps({"iterations": [{"iteration": i, "wall_s": i + 1.0}
                                                                     for i in range(3)]}))
         for name, scale in (("Train/mean_reward", 1), ("Episode_Reward/track_orientation_inv_l2", 2),
-                            ("Episode_Reward/success_bonus", 0)):
+                            ("Episode_Reward/success_bonus", 0), ("Episode/success_rate", 0)):
             column = name.split("/")[-1]
             rows = [f"{i}\t{scale * r}" for i, r in enumerate(rewards) if not math.isnan(r)]
             (metrics / f"{name}.tsv").write_text(f"step\t{column}\n" + "\n".join(rows) + "\n")

@@ -72,3 +72,16 @@ def test_cpu_profiles_pin_the_pretraining_precision():
     root = Path(__file__).resolve().parents[1]
     for name in ("demo", "demo-long"):
         assert resolve_profile(name, root / "params.yaml", root / "configs")["pretrain"]["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("name", ["demo-long", "paper", "paper-smoke"])
+def test_long_profiles_run_rl_for_every_table_row(name):
+    """Issue #25: RL for each of the table's strategies and for the DINOv3 baseline, in the table's order."""
+    from handeye.profile import resolve
+
+    root = Path(__file__).resolve().parents[1]
+    params = resolve(name, root / "params.yaml", root / "configs")
+    rows = [row["encoder"] for row in params["report"]["encoders"].values()]
+    assert [*params["rl"]["encoders"], *params["rl"]["baselines"]] == rows
+    if name != "paper-smoke":  # one seed runs every code path there
+        assert len(params["rl"]["seeds"]) >= 3

@@ -132,7 +132,7 @@ def test_rl_stage_declares_every_rl_setting_a_run_reads():
     changing it would leave `dvc repro` reusing stale runs."""
     stage = pipeline_yaml()["stages"]["rl"]
     per_run = {"encoder", "seed"}  # the stage passes them as --encoder/--seed from its matrix
-    matrix = {"encoders", "seeds"}  # the matrix itself: report_rl reads it, a run does not
+    matrix = {"encoders", "baselines", "seeds"}  # the matrix itself: report_rl reads it, a run does not
     expected = {f"rl.{f.name}" for f in dataclasses.fields(RLConfig)} - {f"rl.{n}" for n in per_run | matrix}
     assert set(stage["params"]) - {"launcher"} == expected
 
@@ -141,7 +141,7 @@ def test_the_stages_that_scale_out_run_under_the_launcher_param():
     """pretrain, features and rl start with ${launcher} (handeye, or torchrun ... -m handeye) and declare it, so
     that switching to torchrun reruns them; the other stages are single-process and must not depend on it."""
     stages = pipeline_yaml()["stages"]
-    scaled = {"pretrain_scratch", "pretrain_continued", "features", "rl"}
+    scaled = {"pretrain_scratch", "pretrain_continued", "features", "rl", "rl_baseline"}
     for name, stage in stages.items():
         body = stage.get("do", stage)
         cmd = " ".join(str(body["cmd"]).split())
@@ -162,8 +162,8 @@ def test_reward_curve_plots_use_the_custom_template_and_list_every_rl_run():
         assert props["x"] == "step"  # dvclive's step is the PPO iteration
         field = metric.split("/")[-1]
         expected = {f"{cfg.out_dir}/{run_name(e, s)}/live/plots/metrics/{metric}.tsv": field
-                    for e in cfg.encoders for s in cfg.seeds}
-        assert props["y"] == expected, f"{plot_id}: its runs differ from params.yaml's rl.encoders x rl.seeds"
+                    for e in cfg.every_encoder for s in cfg.seeds}
+        assert props["y"] == expected, f"{plot_id}: its runs differ from params.yaml's rl encoders x seeds"
 
 
 def test_top_level_metrics_list_every_report_row():

@@ -175,7 +175,8 @@ def test_paper_stage_commands_resolve_and_parse(stages, paper_copy):
     params = yaml.safe_load((paper_copy / "params.yaml").read_text())
     names = {s["name"] for s in stages}
     rl_runs = {f"rl@{e}-{s}" for e in params["rl"]["encoders"] for s in params["rl"]["seeds"]}
-    assert rl_runs <= names and len(rl_runs) == 12  # 4 encoders x 3 seeds
+    assert rl_runs <= names and len(rl_runs) == 18  # the table's 6 strategies x 3 seeds
+    assert {f"rl_baseline@dinov3-vitb16-{s}" for s in params["rl"]["seeds"]} <= names
     assert {f"pretrain_scratch@{k}" for k in params["pretrain_strategies"]["scratch"]} <= names
     for stage in stages:
         argv = shlex.split(stage["cmd"])

@@ -75,3 +75,12 @@ def test_random_quat_is_unit_and_seeded():
     torch.testing.assert_close(a.norm(dim=-1), torch.ones(100))
     assert torch.equal(a, b)
     assert rewards.rotation_distance(a[:50], a[50:]).std() > 0.3  # spread over orientations
+
+
+def test_nearby_goals_lie_within_their_angle():
+    g = torch.Generator().manual_seed(0)
+    q = rewards.random_quat(256, g)
+    near = rewards.nearby_quat(q, 0.5, g)
+    angle = rewards.rotation_distance(near, q)
+    assert float(angle.max()) <= 0.5 + 1e-5 and float(angle.mean()) > 0.1
+    assert torch.allclose(torch.linalg.vector_norm(near, dim=-1), torch.ones(256), atol=1e-5)

@@ -168,21 +168,23 @@ def test_no_egl_names_what_to_install(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------- figures
 
 
-def test_figures_six_files_iteration_ones_deterministic(runs, tmp_path):
+def test_figures_six_files_and_the_table_iteration_ones_deterministic(runs, tmp_path):
+    import shutil
+
     from handeye.rl.figures import write_rl_figures
 
     root = runs[0].parent.parent  # holds a/, b/, c/; make one folder with two encoders x two seeds
     for enc, src in (("fake", runs[0]), ("other", runs[2])):
         for seed in (0, 1):
-            import shutil
-
             shutil.copytree(src, tmp_path / "rl" / f"{enc}_s{seed}")
     params = {"rl": {"out_dir": str(tmp_path / "rl"), "encoders": ["fake", "other"], "seeds": [0, 1]}}
     first = write_rl_figures(params, tmp_path / "figs1")
     second = write_rl_figures(params, tmp_path / "figs2")
-    assert len(first) == 6 and all(p.suffix == ".png" and p.stat().st_size > 1000 for p in first)
+    figures = [p for p in first if p.suffix == ".png"]
+    assert len(figures) == 6 and all(p.stat().st_size > 1000 for p in figures)
+    assert sorted(p.name for p in first if p.suffix != ".png") == ["table_rl.md", "table_rl.tex"]
     for a, b in zip(first, second, strict=True):
-        if "iteration" in a.name:
+        if "iteration" in a.name or a.name.startswith("table_rl"):
             assert a.read_bytes() == b.read_bytes(), a.name
     assert root.exists()
     with pytest.raises(HandEyeError, match="missing_s0"):

@@ -75,9 +75,9 @@ def measure_rl(params: dict, root: Path) -> dict[str, float]:
     from handeye.rl.figures import METRICS, collect_runs
 
     cfg = load_config(RLConfig, "rl", params)
-    data = collect_runs(root / cfg.out_dir, cfg.encoders, cfg.seeds)
+    data = collect_runs(root / cfg.out_dir, cfg.every_encoder, cfg.seeds)
     values = {}
-    for encoder in cfg.encoders:
+    for encoder in cfg.every_encoder:
         runs = data[data["encoder"] == encoder]
         for metric, (stem, _) in METRICS.items():
             curve = runs.groupby("iteration")[metric].mean().dropna()

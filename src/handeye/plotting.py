@@ -33,3 +33,11 @@ def save_figure(fig, path: str | Path, dpi: int = 150) -> Path:
         fig.savefig(tmp, dpi=dpi, metadata=_METADATA[suffix], bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def tex_escape(text: str) -> str:
+    """Plain text -> LaTeX that prints it (table cells and captions)."""
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                 ("$", r"\$"), ("{", r"\{"), ("}", r"\}")):
+        text = text.replace(a, b)
+    return text

@@ -109,6 +109,8 @@ def render_markdown(table: list[tuple[str, str, dict[str, float]]], caption: str
 
 
 def render_latex(table: list[tuple[str, str, dict[str, float]]], caption: str, note: str | None) -> str:
+    from handeye.plotting import tex_escape
+
     best = _best(table)
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
              r"\begin{tabular}{l" + "r" * len(COLUMNS) + "}", r"\toprule",
@@ -118,18 +120,11 @@ def render_latex(table: list[tuple[str, str, dict[str, float]]], caption: str, n
         for key, _ in COLUMNS:
             v = round(100 * m[key], 1)
             cells.append(rf"\textbf{{{v:.1f}}}" if v == best[key] else f"{v:.1f}")
-        lines.append(f"{_tex(label)} & " + " & ".join(cells) + r" \\")
-    caption = _tex(caption) + (r" \emph{" + _tex(note) + "}" if note else "")
+        lines.append(f"{tex_escape(label)} & " + " & ".join(cells) + r" \\")
+    caption = tex_escape(caption) + (r" \emph{" + tex_escape(note) + "}" if note else "")
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\label{tab:recognition}",
               r"\end{table}"]
     return "\n".join(lines) + "\n"
-
-
-def _tex(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 ("$", r"\$"), ("{", r"\{"), ("}", r"\}")):
-        text = text.replace(a, b)
-    return text
 
 
 def plot_recognition(table: list[tuple[str, str, dict[str, float]]], path: Path) -> Path:

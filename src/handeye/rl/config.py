@@ -18,6 +18,9 @@ class EnvConfig:
     reset_position_noise: float = 0.01  # m, uniform noise on the cube's spawn position (Isaac Lab)
     reset_dof_pos_noise: float = 0.2  # fraction of the joint range added to the hand's start pose (Isaac Lab)
     vel_obs_scale: float = 0.2  # joint/angular velocities are scaled by this in observations (Isaac Lab)
+    # rad: each goal lies within this angle of the cube's start orientation (after a success: of the goal just
+    # reached), an easier variant for learning studies; None: any orientation, Isaac Lab's task
+    goal_max_angle: float | None = None
     encoder_bf16: bool = True  # embed under bfloat16 autocast (tested to match float32 embeddings closely)
     embed_batch: int = 256  # images per encoder call
 
@@ -28,6 +31,8 @@ class RLConfig:
     encoder: str = "imagenet"  # encoder spec (handeye.models.encoders.load_encoder): registry name or checkpoint path
     seed: int = 0  # seeds torch, the env's generator and PPO (rank r of a launch: seed + r)
     encoders: list[str] = field(default_factory=lambda: ["random", "imagenet", "ego_frozen", "epic_frozen"])  # DVC matrix and figures
+    # encoders whose weights are data at data/weights/<name> (the DINOv3 baseline): stage rl_baseline
+    baselines: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0])  # DVC matrix and figure bands
     out_dir: str = "out/rl"  # runs go to <out_dir>/<encoder>_s<seed>
     iterations: int = 8  # PPO iterations; one = a rollout of num_steps_per_env steps per env + an update
@@ -53,6 +58,11 @@ class RLConfig:
     max_grad_norm: float = 1.0
     threads: int = 2  # torch threads per rank (bits depend on it; FIELD_NOTES)
     env: EnvConfig = field(default_factory=EnvConfig)
+
+    @property
+    def every_encoder(self) -> list[str]:
+        """The figures' and the table's lines, in order: the strategies, then the baselines."""
+        return [*self.encoders, *self.baselines]
 
 
 def run_name(encoder: str, seed: int) -> str:

@@ -18,6 +18,7 @@ import pandas as pd
 from handeye.config import load_config
 from handeye.errors import HandEyeError
 from handeye.rl.config import RLConfig, run_name
+from handeye.rl.table import write_rl_table
 
 # metric (dvclive name) -> (file stem, axis label)
 METRICS = {
@@ -26,6 +27,9 @@ METRICS = {
     "Episode_Reward/success_bonus": ("success_bonus", "Success bonus (per s)"),
 }
 AXES = {"iteration": "PPO iteration", "wall_s": "Wall time (s)"}
+# Logged only in iterations in which an episode (of rank 0's envs) ended. rsl-rl's Train/mean_reward is the
+# mean of the last 100 episodes and repeats itself when none ended: such iterations get no point.
+ENDED = "Episode/success_rate"
 
 
 def read_run(run_dir: Path) -> pd.DataFrame:
@@ -34,14 +38,19 @@ def read_run(run_dir: Path) -> pd.DataFrame:
         raise HandEyeError(f"RL run {run_dir} not found or unfinished; run `handeye rl` for it (or `dvc repro`)")
     timings = json.loads((run_dir / "timings.json").read_text())["iterations"]
     frame = pd.DataFrame({"iteration": [t["iteration"] for t in timings], "wall_s": [t["wall_s"] for t in timings]})
-    for metric in METRICS:
-        tsv = run_dir / "live" / "plots" / "metrics" / f"{metric}.tsv"
-        values = {}
-        if tsv.is_file():
-            with open(tsv, newline="") as f:
-                values = {int(r["step"]): float(r[metric.split("/")[-1]]) for r in csv.DictReader(f, delimiter="\t")}
-        frame[metric] = frame["iteration"].map(values)
+    for metric in (*METRICS, ENDED):
+        frame[metric] = frame["iteration"].map(read_metric(run_dir, metric))
+    frame.loc[frame[ENDED].isna(), "Train/mean_reward"] = float("nan")
     return frame
+
+
+def read_metric(run_dir: Path, metric: str) -> dict[int, float]:
+    """iteration -> value of one dvclive metric of a run ({} if it was never logged)."""
+    tsv = run_dir / "live" / "plots" / "metrics" / f"{metric}.tsv"
+    if not tsv.is_file():
+        return {}
+    with open(tsv, newline="") as f:
+        return {int(r["step"]): float(r[metric.split("/")[-1]]) for r in csv.DictReader(f, delimiter="\t")}
 
 
 def collect_runs(root: Path, encoders: list[str], seeds: list[int]) -> pd.DataFrame:
@@ -76,11 +85,12 @@ def plot_curve(data: pd.DataFrame, metric: str, x: str, path: Path) -> Path:
 
 
 def write_rl_figures(params: dict[str, Any], out_dir: Path) -> list[Path]:
-    """The six reward-curve figures ``rl_<metric>_vs_{iteration,wall_time}.png`` in ``out_dir``."""
+    """The six reward-curve figures ``rl_<metric>_vs_{iteration,wall_time}.png`` and the table
+    ``table_rl.{md,tex}`` in ``out_dir``."""
     cfg = load_config(RLConfig, "rl", params)
-    data = collect_runs(Path(cfg.out_dir), cfg.encoders, cfg.seeds)
+    data = collect_runs(Path(cfg.out_dir), cfg.every_encoder, cfg.seeds)
     written = []
     for metric, (stem, _) in METRICS.items():
         written.append(plot_curve(data, metric, "iteration", Path(out_dir) / f"rl_{stem}_vs_iteration.png"))
         written.append(plot_curve(data, metric, "wall_s", Path(out_dir) / f"rl_{stem}_vs_wall_time.png"))
-    return written
+    return written + write_rl_table(data, Path(out_dir))

@@ -66,11 +66,11 @@ def train_cfg(cfg: RLConfig, num_envs: int, live_dir: Path, timings: Path, resum
 
 def run_config(cfg: RLConfig) -> dict[str, Any]:
     """The resolved config of one run, saved in its checkpoints, policy and manifest: every field but the sweep
-    (``encoders``, ``seeds``), which is not a setting of the run. Saving it would change every run's files when
+    (``encoders``, ``baselines``, ``seeds``), which is not a setting of the run. Saving it would change every run's files when
     a run is added, though DVC rightly reruns none of them (the rl stage does not list the sweep). Not the world
     size either: the manifest records the launch, and a run may resume on another one."""
     config = dataclasses.asdict(cfg)
-    del config["encoders"], config["seeds"]
+    del config["encoders"], config["baselines"], config["seeds"]
     return config
 
 

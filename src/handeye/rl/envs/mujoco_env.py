@@ -67,7 +67,7 @@ class MujocoCubeEnv(CubeReorientEnv):
         time_outs = (self.episode_length_buf >= self.max_episode_length) & ~r.fell
         dones = r.fell | time_outs
         success_ids = (r.success & ~dones).nonzero().squeeze(-1)
-        self.goal_quat[success_ids] = rewards.random_quat(len(success_ids), self.generator)
+        self.goal_quat[success_ids] = self._draw_goals(self.goal_quat[success_ids])
 
         log = self._log(r, dones)
         embeddings, state = self._reset(dones.nonzero().squeeze(-1))
@@ -106,7 +106,7 @@ class MujocoCubeEnv(CubeReorientEnv):
         rand_delta = delta_min + (delta_max - delta_min) * 0.5 * noise
         joints = (self.default_joint_pos + cfg.reset_dof_pos_noise * rand_delta).clamp(self.joint_lower,
                                                                                        self.joint_upper)
-        self.goal_quat[ids] = rewards.random_quat(m, g)
+        self.goal_quat[ids] = self._draw_goals(quat)
         self.episode_length_buf[ids] = 0
         self.actions[ids] = 0.0
         for v in self.episode_sums.values():
@@ -115,6 +115,12 @@ class MujocoCubeEnv(CubeReorientEnv):
         embeddings, state = self.sim.reset_render(ids.numpy(), joints.double().numpy(), pos.double().numpy(),
                                                   quat.double().numpy())
         return torch.from_numpy(embeddings), _to_torch(state)
+
+    def _draw_goals(self, near: torch.Tensor) -> torch.Tensor:
+        """Goals for envs whose cube is (or should be) at orientations ``near`` (m, 4)."""
+        if self.cfg.goal_max_angle is None:
+            return rewards.random_quat(len(near), self.generator)
+        return rewards.nearby_quat(near, self.cfg.goal_max_angle, self.generator)
 
     def _observe(self, embeddings: torch.Tensor, state: dict[str, torch.Tensor]) -> TensorDict:
         s, scale = state, self.cfg.vel_obs_scale

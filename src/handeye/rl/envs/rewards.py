@@ -77,3 +77,12 @@ def random_quat(n: int, generator: torch.Generator | None = None) -> torch.Tenso
     qx = torch.stack((half[:, 0].cos(), half[:, 0].sin(), torch.zeros(n), torch.zeros(n)), dim=-1)
     qy = torch.stack((half[:, 1].cos(), torch.zeros(n), half[:, 1].sin(), torch.zeros(n)), dim=-1)
     return quat_mul(qx, qy)
+
+
+def nearby_quat(q: torch.Tensor, max_angle: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``q`` turned by an angle U(0, max_angle) about a uniformly random axis: (n, 4) -> (n, 4)."""
+    n = q.shape[0]
+    axis = torch.randn(n, 3, generator=generator)
+    axis = axis / torch.linalg.vector_norm(axis, dim=-1, keepdim=True).clamp_min(1e-9)
+    half = torch.rand(n, 1, generator=generator) * max_angle / 2
+    return quat_mul(torch.cat((half.cos(), half.sin() * axis), dim=-1), q)
