@@ -42,10 +42,10 @@ def seed_band(values: list[float], level: float = LEVEL) -> tuple[float, float]:
     mean = sum(values) / n
     if n == 1:
         return mean, math.nan
-    from scipy import stats
+    from handeye.claims import t_quantile
 
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, float(stats.t.ppf((1 + level) / 2, n - 1)) * sd / math.sqrt(n)
+    return mean, t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n)
 
 
 def summarise(data: pd.DataFrame) -> dict[str, dict[str, tuple[float, float]]]:
