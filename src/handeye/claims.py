@@ -35,6 +35,7 @@ from pathlib import Path
 from handeye.config import PARAMS_FILE, load_config, read_yaml
 from handeye.errors import HandEyeError
 from handeye.repro import atomic_write_json, cpu_description, git_state, stage_env
+from handeye.stats import mean_sd, t_quantile
 
 LEVEL = 0.95
 # Sections whose `seed` the band run varies; the demo data and the frame sampling stay those of data.dvc.
@@ -94,19 +95,12 @@ def measure(params: dict, root: Path) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------- bands
 
 
-def t_quantile(p: float, dof: int) -> float:
-    from scipy import stats
-
-    return float(stats.t.ppf(p, dof))
-
-
 def band(values: list[float], level: float = LEVEL) -> dict[str, float]:
     """A prediction interval for one more run: mean +- t_{(1+level)/2, n-1} * sd * sqrt(1 + 1/n)."""
     n = len(values)
     if n < 2:
         raise HandEyeError(f"a band needs at least 2 seeds, got {n}")
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    mean, sd = mean_sd(values)
     half = max(t_quantile((1 + level) / 2, n - 1) * sd * math.sqrt(1 + 1 / n), MIN_HALF_WIDTH * max(1.0, abs(mean)))
     return {"mean": mean, "lo": mean - half, "hi": mean + half}
 

@@ -14,6 +14,7 @@ import pandas as pd
 
 from handeye.plotting import tex_escape
 from handeye.repro import atomic_write_text
+from handeye.stats import mean_sd, t_quantile
 
 FINAL_FRACTION = 0.1
 LEVEL = 0.95
@@ -39,12 +40,9 @@ def seed_band(values: list[float], level: float = LEVEL) -> tuple[float, float]:
     n = len(values)
     if n == 0:
         return math.nan, math.nan
-    mean = sum(values) / n
     if n == 1:
-        return mean, math.nan
-    from handeye.claims import t_quantile
-
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+        return values[0], math.nan
+    mean, sd = mean_sd(values)
     return mean, t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n)
 
 
