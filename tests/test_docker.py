@@ -36,6 +36,29 @@ def test_hadolint_threshold_catches_errors(tmp_path):
     assert result.returncode != 0 and "DL3000" in result.stdout
 
 
+def in_build_context(path: str) -> bool:
+    """Docker's .dockerignore rule: the last pattern matching the path or a folder above it decides."""
+    import fnmatch
+
+    keep = True
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate, pattern = line.startswith("!"), line.lstrip("!").rstrip("/")
+        parts = path.split("/")
+        if any(fnmatch.fnmatchcase("/".join(parts[:i]), pattern) for i in range(1, len(parts) + 1)):
+            keep = negate
+    return keep
+
+
+def test_the_image_holds_every_file_its_entrypoint_reads():
+    assert not in_build_context("paper_figs/probe_top1.png") and not in_build_context("out/rl/x")  # read right
+    for path in ("dvc.lock", "dvc.yaml", "data.dvc", "params.yaml", "paper_figs/machine.json",
+                 "reference/claims-demo.json", "dvc-remote/files/md5/00/x", "docker/entrypoint.sh"):
+        assert in_build_context(path), f".dockerignore leaves {path} out of the image"
+
+
 @pytest.mark.docker
 @pytest.mark.slow
 def test_cpu_image_reproduces_the_demo_bit_for_bit():
