@@ -17,12 +17,13 @@ work=$(mktemp -d /tmp/handeye.XXXXXX)
 cp -a /opt/handeye/. "$work"
 cd "$work"
 dvc pull --quiet data.dvc
-# The image's lock and the CPU that wrote it, before the repro rewrites both.
+# The image's lock, the CPU that wrote it and its folders' file listings, before the repro rewrites them.
 cp dvc.lock dvc.image.lock
 cp paper_figs/machine.json image-machine.json
+cp paper_figs/folders.json image-folders.json
 # The cache in the image is empty, so nothing can be restored from the run-cache: every stage executes.
 dvc repro
 cp -r paper_figs out dvc.lock "$dest"/
 echo "handeye: figures and table in $dest/paper_figs, all stage outputs in $dest/out, their md5s in $dest/dvc.lock"
 # Bits against the image's lock, claims against their seed bands; the exit status is verify's (README).
-handeye verify --no-repro --lock dvc.image.lock --lock-cpu image-machine.json
+handeye verify --no-repro --lock dvc.image.lock --lock-cpu image-machine.json --lock-folders image-folders.json

@@ -136,7 +136,7 @@ def test_missing_or_broken_reference_is_one_line(tmp_path):
     (tmp_path / ".dvc").mkdir()
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
     args = argparse.Namespace(lock=tmp_path / "dvc.lock", repro=False, outputs=None, claims=Path("missing.json"),
-                              lock_cpu=None)
+                              lock_cpu=None, lock_folders=None, write_folders=None)
     with pytest.raises(HandEyeError, match="not found"):
         verify.main(args)
 

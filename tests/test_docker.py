@@ -54,7 +54,7 @@ def in_build_context(path: str) -> bool:
 
 def test_the_image_holds_every_file_its_entrypoint_reads():
     assert not in_build_context("paper_figs/probe_top1.png") and not in_build_context("out/rl/x")  # read right
-    for path in ("dvc.lock", "dvc.yaml", "data.dvc", "params.yaml", "paper_figs/machine.json",
+    for path in ("dvc.lock", "dvc.yaml", "data.dvc", "params.yaml", "paper_figs/machine.json", "paper_figs/folders.json",
                  "reference/claims-demo.json", "dvc-remote/files/md5/00/x", "docker/entrypoint.sh"):
         assert in_build_context(path), f".dockerignore leaves {path} out of the image"
 

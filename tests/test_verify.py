@@ -32,6 +32,15 @@ pathlib.Path("paper_figs/curve.png").write_bytes(os.urandom(8) if noisy.exists()
 """
 
 
+def cli_args(**values) -> argparse.Namespace:
+    """`handeye verify`'s arguments: its defaults, with ``values`` set."""
+    parser = argparse.ArgumentParser()
+    verify.add_arguments(parser)
+    args = parser.parse_args([])
+    vars(args).update(values)
+    return args
+
+
 def dvc(project: Path, *args: str) -> None:
     subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, check=True, capture_output=True)
 
@@ -81,7 +90,7 @@ def test_changed_output_fails_with_its_path(tmp_path, capsys):
     project = make_project(tmp_path / "p")
     (project / "noisy.txt").write_text("")  # curve.png now gets random bytes on every run
     dvc(project, "repro", "-q", "-f")
-    args = argparse.Namespace(lock=project / "dvc.lock", repro=True, outputs=None, claims=None, lock_cpu=None)
+    args = cli_args(lock=project / "dvc.lock", repro=True, outputs=None, claims=None, lock_cpu=None)
     assert verify.main(args) == 1  # the lock names no CPU, so nothing excuses the difference
     out = capsys.readouterr().out
     assert "1 of 4 files differ" in out
@@ -125,20 +134,42 @@ def test_missing_dir_listing_falls_back_to_the_workspace_or_the_whole_folder(tmp
     assert [m.path for m in report.mismatches] == ["res/"] and "res/" in report.checked
 
 
+def test_folders_file_compares_a_folder_file_by_file_without_the_cache(tmp_path, monkeypatch):
+    """A container: no .dir listing in its cache, and its rerun rewrote the exempt files inside res/, so the
+    folder hashes differently from the lock even where every other file is identical."""
+    project = make_project(tmp_path / "p")
+    monkeypatch.chdir(project)  # as the stage runs it
+    path = tmp_path / "lock-folders.json"
+    assert verify.main(cli_args(write_folders=path)) == 0
+    folders = json.loads(path.read_text())
+    assert set(folders) == {"res", "plots"}  # the folder outputs, not the file outputs
+    assert folders["res"] == {"a.txt": verify.file_md5(project / "res" / "a.txt")}  # exempt files left out
+    for listing in (project / ".dvc" / "cache").rglob("*.dir"):
+        listing.unlink()
+    (project / "res" / "sub" / "timings.json").write_text("another run's wall clock")
+    lock = project / "dvc.lock"
+    assert [m.path for m in verify.run_verify(project, lock, repro=False).mismatches] == ["res/"]
+    report = verify.run_verify(project, lock, repro=False, folders=path)
+    assert report.ok and "res/sub/timings.json" in report.exempt and "res/a.txt" in report.checked
+    (project / "res" / "a.txt").write_text("edited\n")
+    report = verify.run_verify(project, lock, repro=False, folders=path)
+    assert [m.path for m in report.mismatches] == ["res/a.txt"]
+
+
 def test_missing_lock_is_a_user_error(tmp_path):
     with pytest.raises(HandEyeError, match=r"dvc.lock not found"):
         verify.locked_outputs(tmp_path / "dvc.lock")
 
 
 def test_outputs_needs_no_repro(tmp_path):
-    args = argparse.Namespace(lock=tmp_path / "dvc.lock", repro=True, outputs=tmp_path, claims=None, lock_cpu=None)
+    args = cli_args(lock=tmp_path / "dvc.lock", repro=True, outputs=tmp_path, claims=None, lock_cpu=None)
     with pytest.raises(HandEyeError, match="--no-repro"):
         verify.main(args)
 
 
 def test_lock_outside_a_dvc_project_is_a_user_error(tmp_path):
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
-    args = argparse.Namespace(lock=tmp_path / "dvc.lock", repro=False, outputs=None, claims=None, lock_cpu=None)
+    args = cli_args(lock=tmp_path / "dvc.lock", repro=False, outputs=None, claims=None, lock_cpu=None)
     with pytest.raises(HandEyeError, match="not the root of a DVC project"):
         verify.main(args)
 
@@ -148,7 +179,7 @@ def test_bits_that_differ_on_another_cpu_pass_and_name_both_cpus(tmp_path, capsy
     (project / "res" / "a.txt").write_text("other CPU, other last bits\n")
     other = tmp_path / "lock-cpu.json"
     other.write_text(json.dumps({"model": "AMD EPYC 7B13", "flags": ["avx2"]}))
-    args = argparse.Namespace(lock=project / "dvc.lock", repro=False, outputs=None, claims=None, lock_cpu=other)
+    args = cli_args(lock=project / "dvc.lock", repro=False, outputs=None, claims=None, lock_cpu=other)
     assert verify.main(args) == 0
     out = capsys.readouterr().out
     assert "bits differ (1 of 4 files): other CPU (" in out and "than dvc.lock (AMD EPYC 7B13 (avx2))" in out

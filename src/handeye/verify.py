@@ -8,6 +8,8 @@ should hold anywhere. Exit status 1 when a claim fails, or when bits differ on a
 Bits: reads dvc.lock *before* ``dvc repro -f`` rewrites it, then compares the md5 of every output file with what
 that lock recorded. A directory output is compared file by file through its ``.dir`` listing in the DVC
 cache, so a changed wall-clock file inside a folder neither hides nor causes a difference in its neighbours.
+A checkout without that cache (a container) takes the listing from paper_figs/folders.json instead (stage
+``folders``, committed with dvc.lock).
 Exempt, and listed: wall-clock timing files, the wall-time figures drawn from them, and run manifests (they
 record the git commit). ``--no-repro --outputs DIR`` checks a copy of the outputs instead (docker_test.sh
 checks the container's this way).
@@ -29,10 +31,11 @@ import yaml
 
 from handeye import claims
 from handeye.errors import HandEyeError
-from handeye.repro import cpu_description, file_md5, stage_env
+from handeye.repro import atomic_write_json, cpu_description, file_md5, stage_env
 
 # Matched against the path relative to the project root, from the right (PurePosixPath.match).
 EXEMPT_PATTERNS = ("timings.json", "paper_figs/*wall*", "run_manifest.json", "paper_figs/machine.json")
+FOLDERS_FILE = "paper_figs/folders.json"
 
 
 def is_exempt(relpath: str) -> bool:
@@ -91,6 +94,25 @@ def dvc_dir_listing(project: Path) -> Callable[[str], dict[str, str] | None]:
     return load
 
 
+def folder_listings(project: Path) -> dict[str, dict[str, str]]:
+    """{folder: {relpath: md5}} of every folder that a stage of dvc.yaml writes, exempt files left out: the
+    ``.dir`` listings that a checkout without the DVC cache needs to compare those folders file by file. Without
+    the exempt files it is the same on every run of a like CPU, so its own md5 is checked like any output's."""
+    from dvc.repo import Repo
+
+    root = project.resolve()
+    with Repo(str(root)) as repo:
+        paths = sorted({Path(out.fs_path).relative_to(root).as_posix()
+                        for stage in repo.index.stages if getattr(stage, "cmd", None) for out in stage.outs})
+    return {path: {rel: md5 for rel, md5 in _workspace_listing(root, path).items() if not is_exempt(f"{path}/{rel}")}
+            for path in paths if (root / path).is_dir()}
+
+
+def read_folders(path: Path) -> dict[str, dict[str, str]]:
+    """A folders file (stage ``folders``); empty when absent (a lock from before that stage)."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def dir_md5(listing: dict[str, str]) -> str:
     """DVC's hash of a folder from its {relpath: md5} listing (computed by dvc-data itself)."""
     from dvc_data.hashfile.tree import Tree
@@ -114,15 +136,16 @@ def _workspace_listing(project: Path, path: str) -> dict[str, str]:
     return {f[len(path) + 1:]: file_md5(project / f) for f in _files_under(project, path)}
 
 
-def expected_files(outs: Iterable[dict], project: Path,
-                   listing: Callable[[str], dict[str, str] | None]) -> dict[str, str]:
+def expected_files(outs: Iterable[dict], project: Path, listing: Callable[[str], dict[str, str] | None],
+                   folders: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
     """{file path relative to the project: md5} for every file the lock records, directories expanded.
 
-    A folder declared ``cache: false`` has no ``.dir`` listing in the cache; its listing is then taken from
-    the workspace, provided the workspace folder hashes to what the lock records. Otherwise (a container
-    whose fresh cache has only the listings of its own outputs) the folder is checked as a whole, under the
-    key ``<path>/``.
+    A folder whose ``.dir`` listing is not in the cache (``cache: false``, or a container whose fresh cache
+    holds only the listings of its own outputs) takes its listing from the workspace, provided the workspace
+    folder hashes to what the lock records; else from ``folders`` (the lock's folders file, exempt files left
+    out); else it is checked as a whole, under the key ``<path>/``.
     """
+    folders = folders or {}
     files: dict[str, str] = {}
     for out in outs:
         path, md5 = out["path"], out.get("md5")
@@ -135,7 +158,10 @@ def expected_files(outs: Iterable[dict], project: Path,
         if entries is None:
             entries = _workspace_listing(project, path)
             if dir_md5(entries) != md5:
-                files[f"{path}/"] = md5
+                if path in folders:
+                    files.update({f"{path}/{rel}": m for rel, m in folders[path].items()})
+                else:
+                    files[f"{path}/"] = md5
                 continue
         files.update({f"{path}/{rel}": m for rel, m in entries.items()})
     return files
@@ -194,10 +220,13 @@ def repro_all(project: Path) -> None:
     print(f"verify: `dvc repro -f` took {time.perf_counter() - start:.1f} s")
 
 
-def run_verify(project: Path, lock: Path, outputs: Path | None = None, repro: bool = True) -> Report:
+def run_verify(project: Path, lock: Path, outputs: Path | None = None, repro: bool = True,
+               folders: Path | None = None) -> Report:
+    """``folders``: the lock's folders file (default: the project's, read before the repro rewrites it)."""
     outs = locked_outputs(lock)
-    # Loaded before the repro, which rewrites dvc.lock; this also fails fast on a missing .dir listing.
-    expected = expected_files(outs, project, dvc_dir_listing(project))
+    # Loaded before the repro, which rewrites dvc.lock and the folders file.
+    expected = expected_files(outs, project, dvc_dir_listing(project),
+                              read_folders(folders or project / FOLDERS_FILE))
     if repro:
         repro_all(project)
     return check_files(expected, outs, outputs or lock.parent)
@@ -284,11 +313,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the seed bands of the claims (handeye claims bands), relative to the project")
     p.add_argument("--lock-cpu", type=Path, default=None,
                    help="a JSON description of the CPU that wrote --lock (default: its paper_figs/machine.json)")
+    p.add_argument("--lock-folders", type=Path, default=None,
+                   help=f"the file listings of --lock's folders (default: its {FOLDERS_FILE})")
+    p.add_argument("--write-folders", type=Path, default=None, metavar="FILE",
+                   help="write the file listings of the stages' output folders to FILE and exit (stage folders)")
     p.add_argument("--no-claims", dest="claims", action="store_const", const=None,
                    help="check the bits only (a project without a claims reference)")
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.write_folders is not None:
+        atomic_write_json(args.write_folders, folder_listings(Path.cwd()))
+        return 0
     lock = args.lock.resolve()
     if args.outputs is not None and args.repro:
         raise HandEyeError("--outputs checks a copy of the outputs and needs --no-repro")
@@ -300,10 +336,11 @@ def main(args: argparse.Namespace) -> int:
     if args.claims is not None:
         reference = args.claims if args.claims.is_absolute() else project / args.claims
         claims.read_reference(reference)  # a missing or broken reference stops here, before the repro
-    if args.lock_cpu is not None and not args.lock_cpu.is_file():
-        raise HandEyeError(f"--lock-cpu {args.lock_cpu} not found")
+    for option, path in (("--lock-cpu", args.lock_cpu), ("--lock-folders", args.lock_folders)):
+        if path is not None and not path.is_file():
+            raise HandEyeError(f"{option} {path} not found")
     locked = json.loads(args.lock_cpu.read_text()) if args.lock_cpu else lock_cpu(locked_outputs(lock), project)
-    report = run_verify(project, lock, args.outputs, repro=args.repro)
+    report = run_verify(project, lock, args.outputs, repro=args.repro, folders=args.lock_folders)
     print_report(report)
     verdicts = None
     if reference is not None:
