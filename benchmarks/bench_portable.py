@@ -8,7 +8,8 @@ capped at AVX2, and prints both img/s (the cost) and whether the exported encode
 the cap reaches the kernels this CPU runs). ``--full`` re-executes the whole demo pipeline in scratch copies,
 default and then under the mode, and counts the output files that differ from dvc.lock: on the CPU kind that
 wrote dvc.lock the default differs in none; on another kind, the portable run differing in none would make
-the bits portable.
+the bits portable. ``--save-locks DIR`` keeps each run's dvc.lock, folders.json and machine.json in DIR;
+``--against DIR`` (on another CPU kind) compares this machine's portable run with such a DIR's, file by file.
 """
 
 from __future__ import annotations
@@ -43,7 +44,21 @@ def pretrain(portable: bool, data_dir: Path, epochs: int, work: Path) -> tuple[f
     return json.loads((out / "timings.json").read_text())["images_per_second"], file_md5(out / "encoder.pt")
 
 
-def full_demo(work: Path, portable: bool, save_lock: Path | None) -> float:
+def compare_with_saved(work: Path, saved: Path) -> None:
+    """Print how many of this portable run's files differ from the portable run saved in ``saved``."""
+    from handeye import verify
+
+    outs = verify.locked_outputs(saved / "dvc.portable.lock")
+    folders = verify.read_folders(saved / "folders.portable.json")
+    expected = verify.expected_files(outs, work, lambda md5: None, folders)
+    report = verify.check_files(expected, outs, work)
+    cpu = verify.describe_cpu(json.loads((saved / "machine.portable.json").read_text()))
+    print(f"portable bits here vs {cpu} ({saved}): {len(report.mismatches)} of {len(report.checked)} files differ")
+    for m in report.mismatches:
+        print(f"  differs {m.path}")
+
+
+def full_demo(work: Path, portable: bool, save_lock: Path | None, against: Path | None = None) -> float:
     """The whole demo re-executed in a copy of the project; prints the files that differ from dvc.lock and
     how the claims fare. -> seconds."""
     from handeye import claims, verify
@@ -69,9 +84,14 @@ def full_demo(work: Path, portable: bool, save_lock: Path | None) -> float:
           f"from dvc.lock; {verdict}")
     for m in report.mismatches:
         print(f"  differs {m.path}")
+    tag = "portable" if portable else "default"
     if save_lock is not None:
         save_lock.mkdir(parents=True, exist_ok=True)
-        shutil.copy(work / "dvc.lock", save_lock / f"dvc.{'portable' if portable else 'default'}.lock")
+        shutil.copy(work / "dvc.lock", save_lock / f"dvc.{tag}.lock")
+        for name in ("folders", "machine"):
+            shutil.copy(work / f"paper_figs/{name}.json", save_lock / f"{name}.{tag}.json")
+    if portable and against is not None:
+        compare_with_saved(work, against)
     return seconds
 
 
@@ -81,8 +101,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--full", action="store_true", help="also run the whole demo under the mode")
     ap.add_argument("--save-locks", type=Path, default=None,
-                    help="--full: keep both runs' dvc.lock here, to compare with another CPU kind's")
+                    help="--full: keep both runs' dvc.lock, folders.json and machine.json here")
+    ap.add_argument("--against", type=Path, default=None,
+                    help="--full: compare the portable run with one saved by --save-locks on another CPU kind")
     args = ap.parse_args()
+    if args.against is not None and not (args.full and (args.against / "dvc.portable.lock").is_file()):
+        sys.exit(f"bench_portable: --against needs --full and {args.against}/dvc.portable.lock "
+                 f"(made by --full --save-locks on another CPU kind)")
     if not (args.data_dir / "frames.csv").is_file():
         sys.exit(f"bench_portable: {args.data_dir} has no frame shards; run `make repro` (or dvc repro) first")
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,7 +119,8 @@ def main() -> None:
     if args.full:
         with tempfile.TemporaryDirectory() as tmp:
             base = full_demo(Path(tmp) / "default", portable=False, save_lock=args.save_locks)
-            port = full_demo(Path(tmp) / "portable", portable=True, save_lock=args.save_locks)
+            port = full_demo(Path(tmp) / "portable", portable=True, save_lock=args.save_locks,
+                             against=args.against)
         print(f"full demo: portable bits take {port / base:.2f}x the default's time")
 
 
