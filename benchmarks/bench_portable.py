@@ -44,10 +44,31 @@ def pretrain(portable: bool, data_dir: Path, epochs: int, work: Path) -> tuple[f
     return json.loads((out / "timings.json").read_text())["images_per_second"], file_md5(out / "encoder.pt")
 
 
+def changed_stages(saved_lock: Path, lock: Path) -> list[str]:
+    """Stages whose command, params, code or data differ between two locks (outputs of other stages, which
+    the math mode changes, left out of the comparison)."""
+    saved, now = ((yaml.safe_load(p.read_text()) or {}).get("stages") or {} for p in (saved_lock, lock))
+    produced = {o["path"] for stage in (*saved.values(), *now.values()) for o in stage.get("outs", [])}
+
+    def inputs(stage: dict | None) -> tuple | None:
+        if stage is None:
+            return None
+        deps = sorted((d["path"], d.get("md5")) for d in stage.get("deps", [])
+                      if not any(d["path"] == o or f"{d['path']}/".startswith(f"{o}/") or o.startswith(f"{d['path']}/")
+                                 for o in produced))
+        return stage.get("cmd"), stage.get("params"), deps
+
+    return sorted(name for name in {*saved, *now} if inputs(saved.get(name)) != inputs(now.get(name)))
+
+
 def compare_with_saved(work: Path, saved: Path) -> None:
     """Print how many of this portable run's files differ from the portable run saved in ``saved``."""
     from handeye import verify
 
+    changed = changed_stages(saved / "dvc.portable.lock", work / "dvc.lock")
+    if changed:
+        print(f"portable bits: the saved run's code, data or params differ in {len(changed)} stages "
+              f"({', '.join(changed)}); their outputs cannot be compared: save a new run from this commit")
     outs = verify.locked_outputs(saved / "dvc.portable.lock")
     folders = verify.read_folders(saved / "folders.portable.json")
     expected = verify.expected_files(outs, work, lambda md5: None, folders)
