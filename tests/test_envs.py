@@ -8,6 +8,7 @@ import torch
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+from handeye.errors import HandEyeError
 from handeye.models.vit import Preprocess
 from handeye.rl.envs import base, rewards
 from handeye.rl.envs.base import EnvConfig
@@ -96,6 +97,25 @@ def test_time_out_resets_and_is_flagged():
         torch.testing.assert_close(obs["policy"][:, -20:], torch.zeros(2, 20))
     finally:
         e.close()
+
+
+def test_near_goals_are_not_reached_when_drawn():
+    """A goal drawn within the success tolerance would pay the bonus on reset: PPO then learns to drop the cube."""
+    e = make_env(num_envs=8, goal_max_angle=0.5, episode_length_s=2 / 60)
+    try:
+        resets = 0
+        for _ in range(8):
+            obs, _, dones, _ = e.step(torch.zeros(8, 20))
+            reset = dones.bool()
+            resets += int(reset.sum())
+            quat = obs["privileged"][reset, 3:7]  # base.privileged_obs: the cube's orientation as reset
+            dist = rewards.rotation_distance(quat, e.goal_quat[reset])
+            assert bool((dist > rewards.SUCCESS_TOLERANCE).all()), dist
+        assert resets >= 16
+    finally:
+        e.close()
+    with pytest.raises(HandEyeError, match=r"goal_max_angle 0\.1 must exceed"):
+        make_env(goal_max_angle=0.1)
 
 
 def test_fallen_cube_terminates_without_time_out(env):

@@ -84,3 +84,5 @@ def test_nearby_goals_lie_within_their_angle():
     angle = rewards.rotation_distance(near, q)
     assert float(angle.max()) <= 0.5 + 1e-5 and float(angle.mean()) > 0.1
     assert torch.allclose(torch.linalg.vector_norm(near, dim=-1), torch.ones(256), atol=1e-5)
+    away = rewards.rotation_distance(rewards.nearby_quat(q, 0.5, g, min_angle=rewards.GOAL_MIN_ANGLE), q)
+    assert float(away.min()) >= rewards.GOAL_MIN_ANGLE - 1e-5 > rewards.SUCCESS_TOLERANCE  # never reached when drawn

@@ -19,7 +19,8 @@ class EnvConfig:
     reset_dof_pos_noise: float = 0.2  # fraction of the joint range added to the hand's start pose (Isaac Lab)
     vel_obs_scale: float = 0.2  # joint/angular velocities are scaled by this in observations (Isaac Lab)
     # rad: each goal lies within this angle of the cube's start orientation (after a success: of the goal just
-    # reached), an easier variant for learning studies; None: any orientation, Isaac Lab's task
+    # reached), and at least rewards.GOAL_MIN_ANGLE from it: an easier variant for learning studies (MuJoCo
+    # backend); None: any orientation, Isaac Lab's task
     goal_max_angle: float | None = None
     encoder_bf16: bool = True  # embed under bfloat16 autocast (tested to match float32 embeddings closely)
     embed_batch: int = 256  # images per encoder call

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
+from handeye.errors import HandEyeError
 from handeye.models.encoders import Encoder
 from handeye.rl.envs import rewards
 from handeye.rl.envs.base import NUM_ACTIONS, CubeReorientEnv, EnvConfig, policy_obs, privileged_obs
@@ -25,6 +26,9 @@ class MujocoCubeEnv(CubeReorientEnv):
     """The ``CubeReorientEnv`` interface on MuJoCo (see base.py for observations, rewards and extras)."""
 
     def __init__(self, cfg: EnvConfig, encoder: Encoder, seed: int = 0, device: str = "cpu"):
+        if cfg.goal_max_angle is not None and cfg.goal_max_angle <= rewards.GOAL_MIN_ANGLE:
+            raise HandEyeError(f"rl.env.goal_max_angle {cfg.goal_max_angle} must exceed {rewards.GOAL_MIN_ANGLE} rad, "
+                               f"the least angle at which a near goal is drawn (or be null: goals anywhere)")
         self.cfg = cfg
         self.encoder = encoder
         self.num_envs = cfg.num_envs
@@ -120,7 +124,7 @@ class MujocoCubeEnv(CubeReorientEnv):
         """Goals for envs whose cube is (or should be) at orientations ``near`` (m, 4)."""
         if self.cfg.goal_max_angle is None:
             return rewards.random_quat(len(near), self.generator)
-        return rewards.nearby_quat(near, self.cfg.goal_max_angle, self.generator)
+        return rewards.nearby_quat(near, self.cfg.goal_max_angle, self.generator, min_angle=rewards.GOAL_MIN_ANGLE)
 
     def _observe(self, embeddings: torch.Tensor, state: dict[str, torch.Tensor]) -> TensorDict:
         s, scale = state, self.cfg.vel_obs_scale
