@@ -5,9 +5,9 @@
 Policies: ``zero`` (action 0: every actuator at the middle of its range), ``hold`` (the targets the hand had
 at its last reset, i.e. keep the start pose), each with Gaussian action noise of std 0 and --std (PPO's
 initial policy is ``zero`` with noise std ``rl.init_noise_std``). Printed per policy: the orientation reward
-per step over time (means of 20-step windows), its mean, the total reward per step and the successes; the
-ratio is each policy's orientation reward to ``zero``'s in the same run. A PPO run has learnt something only
-where its orientation reward rises above these.
+per step over time (means of 20-step windows), its mean, the position term, the total reward per step and the
+successes; the ratio is each policy's orientation reward to ``zero``'s in the same run. A PPO run has learnt
+something only where its orientation reward rises above these.
 """
 
 from __future__ import annotations
@@ -41,16 +41,17 @@ def current_targets(env: MujocoCubeEnv) -> torch.Tensor:
 def rollout(env: MujocoCubeEnv, policy: str, std: float, steps: int) -> dict[str, list[float] | int]:
     g = torch.Generator().manual_seed(0)
     target = current_targets(env) if policy == "hold" else torch.zeros(env.num_envs, env.num_actions)
-    rot, total, successes = [], [], 0
+    rot, pos, total, successes = [], [], [], 0
     for _ in range(steps):
         _, reward, dones, extras = env.step(target + std * torch.randn(target.shape, generator=g))
         if policy == "hold" and dones.any():
             ended = dones.bool()
             target[ended] = current_targets(env)[ended]
         rot.append(float(extras["log"]["Reward/track_orientation_inv_l2"]))
+        pos.append(float(extras["log"]["Reward/track_pos_l2"]))
         total.append(float(reward.mean()))
         successes += round(float(extras["log"]["Reward/success_bonus"]) * env.num_envs / rewards.REACH_GOAL_BONUS)
-    return {"rot": rot, "total": total, "successes": successes}
+    return {"rot": rot, "pos": pos, "total": total, "successes": successes}
 
 
 def main() -> None:
@@ -82,7 +83,7 @@ def main() -> None:
     for (policy, std), r in results.items():
         windows = " ".join(f"{np.mean(r['rot'][i:i + WINDOW]):.2f}" for i in range(0, args.steps, WINDOW))
         print(f"{policy:4s} std {std:.1f}: orientation {np.mean(r['rot']):.3f} ({np.mean(r['rot']) / reference:.2f}x "
-              f"zero), total {np.mean(r['total']):.3f}, successes {r['successes']}; windows {windows}")
+              f"zero), position {np.mean(r['pos']):.3f}, total {np.mean(r['total']):.3f}, successes {r['successes']}; windows {windows}")
 
 
 if __name__ == "__main__":
