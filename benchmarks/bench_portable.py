@@ -54,8 +54,7 @@ def changed_stages(saved_lock: Path, lock: Path) -> list[str]:
         if stage is None:
             return None
         deps = sorted((d["path"], d.get("md5")) for d in stage.get("deps", [])
-                      if not any(d["path"] == o or f"{d['path']}/".startswith(f"{o}/") or o.startswith(f"{d['path']}/")
-                                 for o in produced))
+                      if not any(f"{d['path']}/".startswith(f"{o}/") or o.startswith(f"{d['path']}/") for o in produced))
         return stage.get("cmd"), stage.get("params"), deps
 
     return sorted(name for name in {*saved, *now} if inputs(saved.get(name)) != inputs(now.get(name)))
