@@ -67,6 +67,8 @@ def test_step_contract(env):
     assert extras["time_outs"].shape == (2,) and extras["time_outs"].dtype == torch.bool
     assert {f"Reward/{t}" for t in rewards.TERMS} <= set(extras["log"])
     assert (env.episode_length_buf == 1).all()
+    # the step's terms stay readable (benchmarks/bench_rl_learning.py trains on some of them) and sum to it
+    assert torch.allclose(sum(env.reward.terms[t] for t in rewards.TERMS).float(), rew)
 
 
 def test_goal_is_resampled_on_success_without_ending_the_episode(env):
@@ -116,6 +118,18 @@ def test_near_goals_are_not_reached_when_drawn():
         e.close()
     with pytest.raises(HandEyeError, match=r"goal_max_angle 0\.1 must exceed"):
         make_env(goal_max_angle=0.1)
+
+
+@pytest.mark.parametrize("start_max_angle", [0.0, 0.3])
+def test_cube_starts_near_its_rest_orientation_when_asked(start_max_angle):
+    e = make_env(num_envs=8, start_max_angle=start_max_angle)
+    try:
+        quat = e.get_observations()["privileged"][:, 3:7]  # base.privileged_obs: the cube's orientation
+        dist = rewards.rotation_distance(quat, e.rest_quat.expand(8, 4))
+        assert bool((dist <= start_max_angle + 1e-3).all()), dist
+        assert (dist.max() > 0.05) == (start_max_angle > 0)  # drawn within the angle, not all at rest
+    finally:
+        e.close()
 
 
 def test_fallen_cube_terminates_without_time_out(env):

@@ -24,8 +24,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 from handeye import distributed
 from handeye.distributed import World
 from handeye.errors import HandEyeError
-from handeye.rl.config import RLConfig
-from handeye.rl.envs.isaaclab.train import apply_overrides, env_cfg_overrides
+from handeye.rl.config import EnvConfig, RLConfig
+from handeye.rl.envs.isaaclab.train import apply_overrides, check_task, env_cfg_overrides
 from handeye.rl.runner import Runner, train_cfg
 
 TESTS = Path(__file__).resolve().parent
@@ -192,6 +192,13 @@ def test_isaaclab_rank_runs_on_its_gpu_with_its_seed():
     assert rank5["seed"] == 8 and rank5["sim.device"] == "cuda:1"
     assert {k: v for k, v in rank5.items() if k not in ("seed", "sim.device")} == \
            {k: v for k, v in single.items() if k not in ("seed", "sim.device")}
+
+
+def test_isaaclab_refuses_the_mujoco_task_variants():
+    cfg = RLConfig(env=EnvConfig(goal_max_angle=0.5, start_max_angle=0.0))
+    with pytest.raises(HandEyeError, match=r"rl\.env\.goal_max_angle, rl\.env\.start_max_angle: a task variant"):
+        check_task(cfg)
+    check_task(RLConfig())
 
 
 def test_isaaclab_overrides_set_nested_fields_and_refuse_unknown_ones():

@@ -22,6 +22,10 @@ class EnvConfig:
     # reached), and at least rewards.GOAL_MIN_ANGLE from it: an easier variant for learning studies (MuJoCo
     # backend); None: any orientation, Isaac Lab's task
     goal_max_angle: float | None = None
+    # rad: the cube starts within this angle of its rest orientation on the palm (MuJoCo backend); None: any
+    # orientation, Isaac Lab's task. With near goals, a start known to the policy makes the turn each goal
+    # asks for readable from the goal (docs/performance.md: the setting nearest to learning on 2 cores)
+    start_max_angle: float | None = None
     encoder_bf16: bool = True  # embed under bfloat16 autocast (tested to match float32 embeddings closely)
     embed_batch: int = 256  # images per encoder call
 

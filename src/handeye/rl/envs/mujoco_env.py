@@ -43,6 +43,7 @@ class MujocoCubeEnv(CubeReorientEnv):
         self.joint_upper = torch.from_numpy(info.joint_upper).float()
         self.default_joint_pos = torch.from_numpy(info.default_joint_pos).float()
         self.spawn_pos = torch.from_numpy(info.object_spawn_pos).float()
+        self.rest_quat = torch.from_numpy(info.object_rest_quat).float()
         self.in_hand_pos = (self.spawn_pos + torch.tensor([0.0, 0.0, rewards.IN_HAND_Z_OFFSET])).expand(
             self.num_envs, 3).contiguous()
 
@@ -52,8 +53,7 @@ class MujocoCubeEnv(CubeReorientEnv):
         self.episode_sums = {name: torch.zeros(n) for name in rewards.TERMS}
         self.episode_successes = torch.zeros(n)
 
-        self.sim = SimPool(n, cfg.image_size, info.substeps, workers=cfg.workers,
-                           embed=ViewEmbedder(encoder, cfg.encoder_bf16, cfg.embed_batch))
+        self.sim = self.make_sim(info.substeps)
         embeddings, state = self._reset(torch.arange(n))
         self.obs = self._observe(embeddings, state)
 
@@ -68,6 +68,7 @@ class MujocoCubeEnv(CubeReorientEnv):
 
         r = rewards.compute_reward(state["object_pos"], state["object_quat"], self.in_hand_pos,
                                    self.goal_quat, self.actions)
+        self.reward = r  # this step's terms, for whoever trains on a part of them (benchmarks)
         time_outs = (self.episode_length_buf >= self.max_episode_length) & ~r.fell
         dones = r.fell | time_outs
         success_ids = (r.success & ~dones).nonzero().squeeze(-1)
@@ -83,6 +84,12 @@ class MujocoCubeEnv(CubeReorientEnv):
         self.sim.close()
 
     # --- internals ----------------------------------------------------------------------------------------
+    def make_sim(self, substeps: int) -> SimPool:
+        """The envs' physics, renders and embeddings: SimPool's ``reset_render`` must give (N, 2, D) embeddings."""
+        cfg = self.cfg
+        return SimPool(self.num_envs, cfg.image_size, substeps, workers=cfg.workers,
+                       embed=ViewEmbedder(self.encoder, cfg.encoder_bf16, cfg.embed_batch))
+
     def _log(self, r: rewards.Reward, dones: torch.Tensor) -> dict[str, torch.Tensor]:
         log = {f"Reward/{name}": v.mean() for name, v in r.terms.items()}
         log["Reward/total"] = r.total.mean()
@@ -103,7 +110,7 @@ class MujocoCubeEnv(CubeReorientEnv):
         all -> (embeddings (N, 2, D), state)."""
         m, g, cfg = len(ids), self.generator, self.cfg
         pos = self.spawn_pos + cfg.reset_position_noise * (torch.rand(m, 3, generator=g) * 2 - 1)
-        quat = rewards.random_quat(m, g)
+        quat = self._draw_starts(m)
         delta_max = self.joint_upper - self.default_joint_pos
         delta_min = self.joint_lower - self.default_joint_pos
         noise = torch.rand(m, len(self.default_joint_pos), generator=g) * 2 - 1
@@ -119,6 +126,12 @@ class MujocoCubeEnv(CubeReorientEnv):
         embeddings, state = self.sim.reset_render(ids.numpy(), joints.double().numpy(), pos.double().numpy(),
                                                   quat.double().numpy())
         return torch.from_numpy(embeddings), _to_torch(state)
+
+    def _draw_starts(self, m: int) -> torch.Tensor:
+        """The cube's start orientations for m envs: (m, 4)."""
+        if self.cfg.start_max_angle is None:
+            return rewards.random_quat(m, self.generator)
+        return rewards.nearby_quat(self.rest_quat.expand(m, 4), self.cfg.start_max_angle, self.generator)
 
     def _draw_goals(self, near: torch.Tensor) -> torch.Tensor:
         """Goals for envs whose cube is (or should be) at orientations ``near`` (m, 4)."""

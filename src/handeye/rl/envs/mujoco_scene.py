@@ -62,6 +62,7 @@ class SceneInfo:
     joint_upper: np.ndarray  # (24,)
     default_joint_pos: np.ndarray  # (24,)
     object_spawn_pos: np.ndarray  # (3,)
+    object_rest_quat: np.ndarray  # (4,) (w, x, y, z): the cube's orientation in the model
     substeps: int  # physics steps per policy step
     physics_dt: float
 
@@ -69,11 +70,13 @@ class SceneInfo:
 def scene_info(control_dt: float) -> SceneInfo:
     model = build_model()
     hand = _hand_joints(model)
+    cube = model.jnt_qposadr[model.joint(OBJECT_JOINT).id]  # free joint: position (3), quaternion (4)
     return SceneInfo(
         joint_lower=model.jnt_range[hand, 0].copy(),
         joint_upper=model.jnt_range[hand, 1].copy(),
         default_joint_pos=model.qpos0[model.jnt_qposadr[hand]].copy(),
         object_spawn_pos=model.body("object").pos.copy(),
+        object_rest_quat=model.qpos0[cube + 3:cube + 7].copy(),
         substeps=max(1, round(control_dt / model.opt.timestep)),
         physics_dt=float(model.opt.timestep),
     )

@@ -22,6 +22,17 @@ from handeye.rl.runner import finish_run, policy_state, run_config, start_run, t
 TASK_ID = "HandEye-Reorient-Cube-Shadow-TwoCam-v0"  # the gym id train() registers our task under
 
 
+MUJOCO_ONLY = ("goal_max_angle", "start_max_angle")  # EnvConfig's task variants that Isaac Lab's task lacks
+
+
+def check_task(cfg) -> None:
+    """Refuse, before Isaac Sim starts, settings that only the MuJoCo task reads."""
+    variants = [f"rl.env.{k}" for k in MUJOCO_ONLY if getattr(cfg.env, k) is not None]
+    if variants:
+        raise HandEyeError(f"{', '.join(variants)}: a task variant of the mujoco backend only; set it to null "
+                           f"to train on Isaac Lab's task")
+
+
 def env_cfg_overrides(cfg, world: World) -> dict[str, Any]:
     """Our RLConfig.env and this rank's place in the launch -> Isaac Lab env cfg fields (dotted paths)."""
     return {"scene.num_envs": cfg.env.num_envs, "episode_length_s": cfg.env.episode_length_s,
@@ -44,6 +55,7 @@ def apply_overrides(env_cfg, overrides: dict[str, Any]) -> None:
 
 
 def train(cfg, resume: bool = False) -> Path:
+    check_task(cfg)
     world = distributed.world_from_env()
     device = distributed.device_for(world, "cuda")  # cuda:LOCAL_RANK, or one line saying why not
     from isaaclab.app import AppLauncher

@@ -1,0 +1,153 @@
+"""Does PPO learn on the MuJoCo task with given settings? Seconds a run instead of minutes: no cameras.
+
+    MUJOCO_GL=egl .venv/bin/python benchmarks/bench_rl_learning.py [--profile demo-long] [--seeds 0 1 2]
+        [--terms track_pos_l2 ...] [--set KEY=VALUE ...]     # KEY: a field of the rl section: env.goal_max_angle
+
+The envs step their physics in this process and render nothing; the policy sees zero embeddings where the
+cameras' would be, and everything else as in ``handeye rl`` (rewards, resets, the critic's privileged state,
+rsl-rl's PPO, the profile's rl settings with --set's). That keeps what the learning dynamics depend on
+but the images, at ~50x the speed. With ``--terms``, PPO is given the sum of those reward terms only (every
+term is still logged).
+
+Each seed trains twice from the same start: with the settings (``learnt``), and with learning rate 0
+(``fixed``: the initial policy, its normalisers still updating), the reference measured in the same run. Printed
+per reward term (per step): the means of the first and the last ``--window`` iterations of both, and
+learnt - fixed over the last window as mean +- 95% CI over the seeds: a setting learns a term only where
+that interval lies above 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("TQDM_DISABLE", "1")  # a bar per run would bury the table
+
+import numpy as np
+import torch
+import yaml
+
+from handeye import repro
+from handeye.config import load_config, resolve_profile
+from handeye.distributed import World
+from handeye.rl.config import RLConfig
+from handeye.rl.envs import rewards
+from handeye.rl.envs.mujoco_env import MujocoCubeEnv
+from handeye.rl.envs.mujoco_scene import SimPool
+from handeye.rl.figures import read_metric
+from handeye.rl.runner import run_config, start_run, train_policy, work_folder
+from handeye.stats import mean_sd, t_quantile
+
+BLIND_DIM = 8  # per camera: zeros in place of an encoder's embedding
+METRICS = ("Reward/track_orientation_inv_l2", "Reward/track_pos_l2", "Reward/success_bonus", "Reward/total")
+
+
+class BlindPool(SimPool):
+    """SimPool in this process without renders; ``reset_render`` gives zero embeddings."""
+
+    def __init__(self, num_envs: int, substeps: int):
+        super().__init__(num_envs, image_size=8, substeps=substeps, workers=0, render=False)
+
+    def reset_render(self, *poses):
+        _, state = super().reset_render(*poses)
+        return np.zeros((self.num_envs, 2, BLIND_DIM), np.float32), state
+
+
+class BlindCubeEnv(MujocoCubeEnv):
+    """The MuJoCo task without cameras, rewarding the sum of ``terms``."""
+
+    def __init__(self, cfg, terms: tuple[str, ...], seed: int):
+        self.terms = terms
+        super().__init__(cfg, encoder=None, seed=seed)
+
+    def make_sim(self, substeps: int) -> SimPool:
+        return BlindPool(self.num_envs, substeps)
+
+    def step(self, actions: torch.Tensor):
+        obs, _, dones, extras = super().step(actions)
+        return obs, sum(self.reward.terms[t] for t in self.terms).float(), dones, extras
+
+
+def with_settings(section: dict, pairs: list[str]) -> dict:
+    """A copy of the rl ``section`` with each KEY=VALUE set ("env.goal_max_angle=0.5"); RLConfig then refuses
+    unknown keys and coerces the values."""
+    out = copy.deepcopy(section)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"bench_rl_learning: '{pair}' is not KEY=VALUE")
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def train(cfg: RLConfig, terms: tuple[str, ...], root: Path) -> dict[str, list[float]]:
+    """One blind PPO run -> metric -> its value per iteration."""
+    repro.seed_everything(cfg.seed, threads=cfg.threads)
+    env = BlindCubeEnv(cfg.env, terms, cfg.seed)
+    final = root / f"{'fixed' if cfg.learning_rate == 0 else 'learnt'}_s{cfg.seed}"
+    try:
+        train_policy(cfg, env, World(), final, start_run(World(), final, resume=False), run_config(cfg))
+    finally:
+        env.close()
+    curves = {m: read_metric(work_folder(final), m) for m in (*METRICS, "Policy/mean_std")}
+    return {m: [c[i] for i in sorted(c)] for m, c in curves.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="demo-long", help="settings: this profile's rl section")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--window", type=int, default=10, help="iterations averaged at each end")
+    parser.add_argument("--terms", nargs="+", choices=rewards.TERMS, default=list(rewards.TERMS),
+                        help="reward terms PPO is given (default: all, the task's reward)")
+    parser.add_argument("--set", dest="settings", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="rl settings over the profile's, e.g. env.goal_max_angle=0.5")
+    args = parser.parse_args()
+
+    section = with_settings(resolve_profile(args.profile).get("rl") or {}, args.settings)
+    cfg = load_config(RLConfig, "rl", {"rl": section})
+    cfg = replace(cfg, iterations=args.iterations, env=replace(cfg.env, workers=0))
+    terms = tuple(args.terms)
+    cpu = repro.cpu_description()
+    print(f"{cpu['model']} ({', '.join(cpu['flags'] or [])}); profile {args.profile} + {' '.join(args.settings) or '-'}; "
+          f"{cfg.env.num_envs} envs x {cfg.num_steps_per_env} steps x {cfg.iterations} iterations, "
+          f"seeds {args.seeds}; PPO rewarded with {' + '.join(terms)}")
+    runs: dict[tuple[str, int], dict[str, list[float]]] = {}
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            runs["learnt", seed] = train(replace(cfg, seed=seed), terms, Path(tmp))
+            runs["fixed", seed] = train(replace(cfg, seed=seed, learning_rate=0.0, schedule="fixed"), terms,
+                                        Path(tmp))
+    print(f"{len(runs)} runs in {time.perf_counter() - start:.0f} s; per-step means of the first -> last "
+          f"{args.window} iterations, averaged over seeds")
+    w = args.window
+    for metric in METRICS:
+        ends = {kind: [(np.mean(runs[kind, s][metric][:w]), np.mean(runs[kind, s][metric][-w:])) for s in args.seeds]
+                for kind in ("learnt", "fixed")}
+        line = "  ".join(f"{kind} {np.mean([e[0] for e in v]):.3f} -> {np.mean([e[1] for e in v]):.3f}"
+                         for kind, v in ends.items())
+        gains = [le[1] - fe[1] for le, fe in zip(ends["learnt"], ends["fixed"], strict=True)]
+        if len(gains) > 1:
+            mean, sd = mean_sd(gains)
+            half = t_quantile(0.975, len(gains) - 1) * sd / np.sqrt(len(gains))
+            verdict = "learns" if mean - half > 0 else "worse" if mean + half < 0 else "no clear change"
+            line += f"  learnt - fixed {mean:+.3f} +- {half:.3f} ({verdict})"
+        print(f"{metric.split('/')[1]:25s} {line}")
+    stds = [runs["learnt", s]["Policy/mean_std"][-1] for s in args.seeds]
+    print(f"{'policy std at the end':25s} learnt {np.mean(stds):.3f} (starts at {cfg.init_noise_std})")
+
+
+if __name__ == "__main__":
+    main()
