@@ -42,7 +42,7 @@ from handeye.rl.envs.mujoco_env import MujocoCubeEnv
 from handeye.rl.envs.mujoco_scene import SimPool
 from handeye.rl.figures import read_metric
 from handeye.rl.runner import run_config, start_run, train_policy, work_folder
-from handeye.stats import mean_sd, t_quantile
+from handeye.rl.table import seed_band
 
 BLIND_DIM = 8  # per camera: zeros in place of an encoder's embedding
 METRICS = ("Reward/track_orientation_inv_l2", "Reward/track_pos_l2", "Reward/success_bonus", "Reward/total")
@@ -140,8 +140,7 @@ def main() -> None:
                          for kind, v in ends.items())
         gains = [le[1] - fe[1] for le, fe in zip(ends["learnt"], ends["fixed"], strict=True)]
         if len(gains) > 1:
-            mean, sd = mean_sd(gains)
-            half = t_quantile(0.975, len(gains) - 1) * sd / np.sqrt(len(gains))
+            mean, half = seed_band(gains)
             verdict = "learns" if mean - half > 0 else "worse" if mean + half < 0 else "no clear change"
             line += f"  learnt - fixed {mean:+.3f} +- {half:.3f} ({verdict})"
         print(f"{metric.split('/')[1]:25s} {line}")
