@@ -1,7 +1,7 @@
 """Does PPO learn on the MuJoCo task with given settings? Seconds a run instead of minutes: no cameras.
 
     MUJOCO_GL=egl .venv/bin/python benchmarks/bench_rl_learning.py [--profile demo-long] [--seeds 0 1 2]
-        [--terms track_pos_l2 ...] [--set KEY=VALUE ...]     # KEY: a field of the rl section: env.goal_max_angle
+        [--terms track_pos_l2 ...] [--embeddings zeros|pose] [--set KEY=VALUE ...]  # KEY: env.goal_max_angle
 
 The envs step their physics in this process and render nothing; the policy sees zero embeddings where the
 cameras' would be, and everything else as in ``handeye rl`` (rewards, resets, the critic's privileged state,
@@ -45,29 +45,38 @@ from handeye.rl.runner import run_config, start_run, train_policy, work_folder
 from handeye.rl.table import seed_band
 
 BLIND_DIM = 8  # per camera: zeros in place of an encoder's embedding
+POSE_DIM = 96  # per camera, --embeddings pose: the demo ViTs' width
 METRICS = ("Reward/track_orientation_inv_l2", "Reward/track_pos_l2", "Reward/success_bonus", "Reward/total")
 
 
 class BlindPool(SimPool):
-    """SimPool in this process without renders; ``reset_render`` gives zero embeddings."""
+    """SimPool in this process without renders; ``reset_render`` gives zero embeddings, or with ``pose`` what
+    stands in for a camera's: a fixed random map of what it sees (the cube's pose, the hand's joints), as wide
+    as a demo ViT's. They carry the cube's orientation, entangled over 2 x 96 inputs as an encoder's are."""
 
-    def __init__(self, num_envs: int, substeps: int):
+    def __init__(self, num_envs: int, substeps: int, pose: bool = False):
         super().__init__(num_envs, image_size=8, substeps=substeps, workers=0, render=False)
+        self.pose = pose
+        self.projection = 2.0 * np.random.default_rng(123).normal(size=(2, 3 + 4 + 24, POSE_DIM)).astype(np.float32)
 
     def reset_render(self, *poses):
         _, state = super().reset_render(*poses)
-        return np.zeros((self.num_envs, 2, BLIND_DIM), np.float32), state
+        if not self.pose:
+            return np.zeros((self.num_envs, 2, BLIND_DIM), np.float32), state
+        # cm-scale positions: the cube moves by centimetres, as much as its quaternion's entries change
+        seen = np.concatenate([20 * state["object_pos"], state["object_quat"], state["hand_qpos"]], -1)
+        return np.tanh(np.einsum("ni,cid->ncd", seen.astype(np.float32), self.projection)), state
 
 
 class BlindCubeEnv(MujocoCubeEnv):
     """The MuJoCo task without cameras, rewarding the sum of ``terms``."""
 
-    def __init__(self, cfg, terms: tuple[str, ...], seed: int):
-        self.terms = terms
+    def __init__(self, cfg, terms: tuple[str, ...], seed: int, pose: bool = False):
+        self.terms, self.pose = terms, pose
         super().__init__(cfg, encoder=None, seed=seed)
 
     def make_sim(self, substeps: int) -> SimPool:
-        return BlindPool(self.num_envs, substeps)
+        return BlindPool(self.num_envs, substeps, self.pose)
 
     def step(self, actions: torch.Tensor):
         obs, _, dones, extras = super().step(actions)
@@ -90,10 +99,10 @@ def with_settings(section: dict, pairs: list[str]) -> dict:
     return out
 
 
-def train(cfg: RLConfig, terms: tuple[str, ...], root: Path) -> dict[str, list[float]]:
+def train(cfg: RLConfig, terms: tuple[str, ...], root: Path, pose: bool) -> dict[str, list[float]]:
     """One blind PPO run -> metric -> its value per iteration."""
     repro.seed_everything(cfg.seed, threads=cfg.threads)
-    env = BlindCubeEnv(cfg.env, terms, cfg.seed)
+    env = BlindCubeEnv(cfg.env, terms, cfg.seed, pose)
     final = root / f"{'fixed' if cfg.learning_rate == 0 else 'learnt'}_s{cfg.seed}"
     try:
         train_policy(cfg, env, World(), final, start_run(World(), final, resume=False), run_config(cfg))
@@ -111,6 +120,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=10, help="iterations averaged at each end")
     parser.add_argument("--terms", nargs="+", choices=rewards.TERMS, default=list(rewards.TERMS),
                         help="reward terms PPO is given (default: all, the task's reward)")
+    parser.add_argument("--embeddings", choices=("zeros", "pose"), default="zeros",
+                        help="in the cameras' place: zeros, or a fixed random map of the cube's pose and the joints")
     parser.add_argument("--set", dest="settings", nargs="+", default=[], metavar="KEY=VALUE",
                         help="rl settings over the profile's, e.g. env.goal_max_angle=0.5")
     args = parser.parse_args()
@@ -122,14 +133,15 @@ def main() -> None:
     cpu = repro.cpu_description()
     print(f"{cpu['model']} ({', '.join(cpu['flags'] or [])}); profile {args.profile} + {' '.join(args.settings) or '-'}; "
           f"{cfg.env.num_envs} envs x {cfg.num_steps_per_env} steps x {cfg.iterations} iterations, "
-          f"seeds {args.seeds}; PPO rewarded with {' + '.join(terms)}")
+          f"seeds {args.seeds}; PPO rewarded with {' + '.join(terms)}; embeddings: {args.embeddings}")
     runs: dict[tuple[str, int], dict[str, list[float]]] = {}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            runs["learnt", seed] = train(replace(cfg, seed=seed), terms, Path(tmp))
+            pose = args.embeddings == "pose"
+            runs["learnt", seed] = train(replace(cfg, seed=seed), terms, Path(tmp), pose)
             runs["fixed", seed] = train(replace(cfg, seed=seed, learning_rate=0.0, schedule="fixed"), terms,
-                                        Path(tmp))
+                                        Path(tmp), pose)
     print(f"{len(runs)} runs in {time.perf_counter() - start:.0f} s; per-step means of the first -> last "
           f"{args.window} iterations, averaged over seeds")
     w = args.window

@@ -50,8 +50,9 @@ def env():
 
 def test_observation_groups_and_shapes(env):
     obs = env.get_observations()
-    assert set(obs.keys()) == {"policy", "privileged"}
+    assert set(obs.keys()) == {"policy", "proprio", "privileged"}
     assert obs["policy"].shape == (2, base.NUM_CAMERAS * EMBED_DIM + base.PROPRIO_DIM)
+    torch.testing.assert_close(obs["proprio"], obs["policy"][:, base.NUM_CAMERAS * EMBED_DIM:], rtol=0, atol=0)
     assert obs["privileged"].shape == (2, base.PRIVILEGED_DIM)
     assert env.num_actions == 20 and env.max_episode_length == 60
     assert torch.isfinite(obs["policy"]).all()

@@ -15,7 +15,7 @@ from test_envs import FakeEncoder
 from handeye import cli
 from handeye.errors import HandEyeError
 from handeye.rl.config import RLConfig, run_name
-from handeye.rl.envs.base import EnvConfig
+from handeye.rl.envs.base import PRIVILEGED_DIM, PROPRIO_DIM, EnvConfig
 from handeye.rl.runner import run_config, train_cfg
 from handeye.rl.train import run_rl
 
@@ -105,6 +105,8 @@ def test_train_cfg_is_rsl_rl_5_schema():
     assert d["actor"]["hidden_dims"] == [1024, 512, 512, 256, 128]
     assert d["obs_groups"] == {"actor": ["policy"], "critic": ["policy", "privileged"]}
     assert d["algorithm"]["desired_kl"] == 0.01 and d["algorithm"]["num_learning_epochs"] == 5
+    blind = train_cfg(dataclasses.replace(cfg, critic_images=False), 1225, Path("live"), Path("t.json"), False)
+    assert blind["obs_groups"] == {"actor": ["policy"], "critic": ["proprio", "privileged"]}
 
 
 def test_rsl_rl_finds_the_log_writer_by_its_name():
@@ -189,3 +191,13 @@ def test_figures_six_files_and_the_table_iteration_ones_deterministic(runs, tmp_
     assert root.exists()
     with pytest.raises(HandEyeError, match="missing_s0"):
         write_rl_figures({"rl": {**params["rl"], "encoders": ["missing"]}}, tmp_path / "figs3")
+
+
+def test_critic_without_the_cameras_reads_proprio_and_privileged_only(tmp_path):
+    import torch
+
+    run = run_rl(tiny(tmp_path / "run", critic_images=False), encoder=FakeEncoder())
+    ckpt = torch.load(sorted((run / "checkpoints").glob("model_*.pt"))[-1], weights_only=False)
+    assert ckpt["critic_state_dict"]["mlp.0.weight"].shape[1] == PROPRIO_DIM + PRIVILEGED_DIM
+    assert ckpt["actor_state_dict"]["mlp.0.weight"].shape[1] == 2 * FakeEncoder().embed_dim + PROPRIO_DIM
+    assert ckpt["config"]["critic_images"] is False

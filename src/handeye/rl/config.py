@@ -46,6 +46,9 @@ class RLConfig:
     init_at_random_ep_len: bool = True  # stagger episode ends from the first iteration (Isaac Lab's train.py)
     actor_hidden_dims: list[int] = field(default_factory=lambda: [1024, 512, 512, 256, 128])  # MLP widths
     critic_hidden_dims: list[int] = field(default_factory=lambda: [1024, 512, 512, 256, 128])
+    # the critic reads the camera embeddings beside proprioception and the privileged state (Isaac Lab's); False:
+    # not them, a value to learn from 107 inputs instead of 2 * D + 107 (docs/performance.md, what learning needs)
+    critic_images: bool = True
     activation: str = "elu"
     obs_normalization: bool = True  # running mean/std normalisation of actor and critic inputs
     init_noise_std: float = 1.0  # initial std of the Gaussian policy

@@ -31,7 +31,7 @@ from handeye import distributed, repro
 from handeye.distributed import World
 from handeye.errors import HandEyeError
 from handeye.rl.config import RLConfig
-from handeye.rl.envs.base import OBS_GROUPS
+from handeye.rl.envs.base import obs_groups
 
 LOG_WRITER = "handeye.rl.runner:DvcLiveWriter"  # rsl-rl builds the writer from this name, on rank 0
 
@@ -43,7 +43,7 @@ def train_cfg(cfg: RLConfig, num_envs: int, live_dir: Path, timings: Path, resum
     return {
         "num_steps_per_env": cfg.num_steps_per_env,
         "save_interval": cfg.save_interval,
-        "obs_groups": {k: list(v) for k, v in OBS_GROUPS.items()},
+        "obs_groups": obs_groups(cfg.critic_images),
         "check_for_nan": True,
         "logger": {"class_name": LOG_WRITER, "live_dir": str(live_dir), "timings": str(timings),
                    "steps_per_iteration": cfg.num_steps_per_env * num_envs * world_size, "total": cfg.iterations,

@@ -22,8 +22,13 @@ NUM_FINGERTIPS = 5
 # Sizes of the non-image parts of the observation groups (see CubeReorientEnv); tests check the env against them.
 PROPRIO_DIM = 2 * NUM_HAND_JOINTS + 4 + 3 * NUM_FINGERTIPS + NUM_ACTIONS  # 87
 PRIVILEGED_DIM = 3 + 4 + 3 + 3 + 4 + 3  # 20
-# rsl_rl obs_groups: the actor sees what a robot would; the critic also sees the simulator's state.
-OBS_GROUPS = {"actor": ["policy"], "critic": ["policy", "privileged"]}
+
+
+def obs_groups(critic_images: bool = True) -> dict[str, list[str]]:
+    """rsl_rl ``obs_groups``: the actor sees what a robot would; the critic also sees the simulator's state, and
+    the camera embeddings unless ``critic_images`` is False. Without them the critic's inputs are 107 dims
+    instead of 2 * D + 107, and PPO learns from the embeddings' side of the actor only (docs/performance.md)."""
+    return {"actor": ["policy"], "critic": ["policy" if critic_images else "proprio", "privileged"]}
 
 
 class CubeReorientEnv(VecEnv):
@@ -34,6 +39,8 @@ class CubeReorientEnv(VecEnv):
     - ``"policy"``: ``(num_envs, 2 * D + PROPRIO_DIM)`` = embedding of camera 0 (D), of camera 1 (D), hand joint
       positions scaled to [-1, 1] (24), joint velocities x ``vel_obs_scale`` (24), goal quaternion (4),
       fingertip positions relative to the in-hand position (15), last actions (20). D = encoder.embed_dim.
+    - ``"proprio"``: ``(num_envs, PROPRIO_DIM)`` = ``"policy"`` without the embeddings (for a critic that does not
+      read the cameras, ``obs_groups``).
     - ``"privileged"``: ``(num_envs, PRIVILEGED_DIM)`` = cube position relative to the in-hand position (3),
       cube quaternion (4), linear velocity (3), angular velocity x ``vel_obs_scale`` (3), quaternion from goal
       to cube (4), in-hand position (3). Only the critic reads it (``OBS_GROUPS``).
@@ -74,6 +81,11 @@ def policy_obs(embeddings: torch.Tensor, joint_pos: torch.Tensor, joint_lower: t
         (2 * joint_pos - joint_upper - joint_lower) / (joint_upper - joint_lower),
         vel_obs_scale * joint_vel, goal_quat, (fingertip_pos - in_hand_pos[:, None]).reshape(n, -1), actions,
     ], dim=-1)
+
+
+def observation_groups(policy: torch.Tensor, privileged: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Both backends' observation groups from ``policy_obs`` and ``privileged_obs``."""
+    return {"policy": policy, "proprio": policy[:, -PROPRIO_DIM:], "privileged": privileged}
 
 
 def privileged_obs(object_pos: torch.Tensor, object_quat: torch.Tensor, object_linvel: torch.Tensor,

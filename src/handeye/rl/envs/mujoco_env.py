@@ -18,7 +18,14 @@ from tensordict import TensorDict
 from handeye.errors import HandEyeError
 from handeye.models.encoders import Encoder
 from handeye.rl.envs import rewards
-from handeye.rl.envs.base import NUM_ACTIONS, CubeReorientEnv, EnvConfig, policy_obs, privileged_obs
+from handeye.rl.envs.base import (
+    NUM_ACTIONS,
+    CubeReorientEnv,
+    EnvConfig,
+    observation_groups,
+    policy_obs,
+    privileged_obs,
+)
 from handeye.rl.envs.mujoco_scene import SimPool, scene_info
 
 
@@ -146,7 +153,7 @@ class MujocoCubeEnv(CubeReorientEnv):
                             self.in_hand_pos, self.actions, scale)
         privileged = privileged_obs(s["object_pos"], s["object_quat"], s["object_linvel"], s["object_angvel"],
                                     self.goal_quat, self.in_hand_pos, scale)
-        return TensorDict({"policy": policy, "privileged": privileged}, batch_size=[self.num_envs])
+        return TensorDict(observation_groups(policy, privileged), batch_size=[self.num_envs])
 
 
 def embed_images(encoder: Encoder, images: torch.Tensor, bf16: bool, batch: int) -> torch.Tensor:

@@ -21,7 +21,14 @@ from isaaclab_tasks.direct.inhand_manipulation.inhand_manipulation_env import In
 from isaaclab_tasks.direct.shadow_hand.shadow_hand_env_cfg import ShadowHandEnvCfg
 
 from handeye.rl.envs import rewards
-from handeye.rl.envs.base import NUM_CAMERAS, PRIVILEGED_DIM, PROPRIO_DIM, policy_obs, privileged_obs
+from handeye.rl.envs.base import (
+    NUM_CAMERAS,
+    PRIVILEGED_DIM,
+    PROPRIO_DIM,
+    observation_groups,
+    policy_obs,
+    privileged_obs,
+)
 from handeye.rl.envs.isaaclab.views import CAMERA_PATHS, CAMERA_PRIM, CAMERAS, look_at_quat, split_views
 
 PINHOLE = {"focal_length": 24.0, "focus_distance": 400.0, "horizontal_aperture": 20.955,
@@ -83,7 +90,7 @@ class HandEyeVisionEnv(InHandManipulationEnv):
                             self.actions, self.cfg.vel_obs_scale)
         privileged = privileged_obs(self.object_pos, self.object_rot, self.object_linvel, self.object_angvel,
                                     self.goal_rot, self.in_hand_pos, self.cfg.vel_obs_scale)
-        return {"policy": policy, "critic": torch.cat([policy, privileged], dim=-1)}
+        return observation_groups(policy, privileged)
 
     def _get_rewards(self) -> torch.Tensor:
         r = rewards.compute_reward(self.object_pos, self.object_rot, self.in_hand_pos, self.goal_rot, self.actions)
