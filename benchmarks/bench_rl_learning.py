@@ -6,8 +6,8 @@
 The envs step their physics in this process and render nothing; the policy sees zero embeddings where the
 cameras' would be, and everything else as in ``handeye rl`` (rewards, resets, the critic's privileged state,
 rsl-rl's PPO, the profile's rl settings with --set's). That keeps what the learning dynamics depend on
-but the images, at ~50x the speed. With ``--terms``, PPO is given the sum of those reward terms only (every
-term is still logged).
+but the images, at ~50x the speed. With ``--embeddings pose`` the zeros become camera-like inputs (BlindPool).
+With ``--terms``, PPO is given the sum of those reward terms only (every term is still logged).
 
 Each seed trains twice from the same start: with the settings (``learnt``), and with learning rate 0
 (``fixed``: the initial policy, its normalisers still updating), the reference measured in the same run. Printed
@@ -137,8 +137,8 @@ def main() -> None:
     runs: dict[tuple[str, int], dict[str, list[float]]] = {}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
+        pose = args.embeddings == "pose"
         for seed in args.seeds:
-            pose = args.embeddings == "pose"
             runs["learnt", seed] = train(replace(cfg, seed=seed), terms, Path(tmp), pose)
             runs["fixed", seed] = train(replace(cfg, seed=seed, learning_rate=0.0, schedule="fixed"), terms,
                                         Path(tmp), pose)

@@ -26,8 +26,8 @@ PRIVILEGED_DIM = 3 + 4 + 3 + 3 + 4 + 3  # 20
 
 def obs_groups(critic_images: bool = True) -> dict[str, list[str]]:
     """rsl_rl ``obs_groups``: the actor sees what a robot would; the critic also sees the simulator's state, and
-    the camera embeddings unless ``critic_images`` is False. Without them the critic's inputs are 107 dims
-    instead of 2 * D + 107, and PPO learns from the embeddings' side of the actor only (docs/performance.md)."""
+    the camera embeddings unless ``critic_images`` is False: then its inputs are 107 dims instead of 2 * D + 107
+    (docs/performance.md: what PPO's learning depends on)."""
     return {"actor": ["policy"], "critic": ["policy" if critic_images else "proprio", "privileged"]}
 
 
@@ -43,7 +43,7 @@ class CubeReorientEnv(VecEnv):
       read the cameras, ``obs_groups``).
     - ``"privileged"``: ``(num_envs, PRIVILEGED_DIM)`` = cube position relative to the in-hand position (3),
       cube quaternion (4), linear velocity (3), angular velocity x ``vel_obs_scale`` (3), quaternion from goal
-      to cube (4), in-hand position (3). Only the critic reads it (``OBS_GROUPS``).
+      to cube (4), in-hand position (3). Only the critic reads it (``obs_groups``).
 
     Actions: ``(num_envs, 20)`` in [-1, 1] (clipped), mapped linearly onto each actuator's joint range
     (Isaac Lab's absolute position targets).
