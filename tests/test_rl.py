@@ -16,7 +16,7 @@ from handeye import cli
 from handeye.errors import HandEyeError
 from handeye.rl.config import RLConfig, run_name
 from handeye.rl.envs.base import PRIVILEGED_DIM, PROPRIO_DIM, EnvConfig
-from handeye.rl.runner import run_config, train_cfg
+from handeye.rl.runner import last_checkpoint, run_config, train_cfg
 from handeye.rl.train import run_rl
 
 
@@ -197,7 +197,7 @@ def test_critic_without_the_cameras_reads_proprio_and_privileged_only(tmp_path):
     import torch
 
     run = run_rl(tiny(tmp_path / "run", critic_images=False), encoder=FakeEncoder())
-    ckpt = torch.load(sorted((run / "checkpoints").glob("model_*.pt"))[-1], weights_only=False)
+    ckpt = torch.load(last_checkpoint(run / "checkpoints"), weights_only=False)
     assert ckpt["critic_state_dict"]["mlp.0.weight"].shape[1] == PROPRIO_DIM + PRIVILEGED_DIM
     assert ckpt["actor_state_dict"]["mlp.0.weight"].shape[1] == 2 * FakeEncoder().embed_dim + PROPRIO_DIM
     assert ckpt["config"]["critic_images"] is False
