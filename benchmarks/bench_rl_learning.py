@@ -11,9 +11,9 @@ With ``--terms``, PPO is given the sum of those reward terms only (every term is
 
 Each seed trains twice from the same start: with the settings (``learnt``), and with learning rate 0
 (``fixed``: the initial policy, its normalisers still updating), the reference measured in the same run. Printed
-per reward term (per step): the means of the first and the last ``--window`` iterations of both, and
-learnt - fixed over the last window as mean +- 95% CI over the seeds: a setting learns a term only where
-that interval lies above 0.
+per reward term (per step): the means of the first and the last ``--window`` iterations of both, and two
+differences as mean +- 95% CI over the seeds: the learnt runs' last window minus their first (how far a reward
+curve rises) and learnt - fixed over the last window; a setting learns a term only where an interval lies above 0.
 """
 
 from __future__ import annotations
@@ -150,14 +150,21 @@ def main() -> None:
                 for kind in ("learnt", "fixed")}
         line = "  ".join(f"{kind} {np.mean([e[0] for e in v]):.3f} -> {np.mean([e[1] for e in v]):.3f}"
                          for kind, v in ends.items())
-        gains = [le[1] - fe[1] for le, fe in zip(ends["learnt"], ends["fixed"], strict=True)]
-        if len(gains) > 1:
-            mean, half = seed_band(gains)
-            verdict = "learns" if mean - half > 0 else "worse" if mean + half < 0 else "no clear change"
-            line += f"  learnt - fixed {mean:+.3f} +- {half:.3f} ({verdict})"
+        if len(args.seeds) > 1:
+            # how far each learnt curve rises, then how far it ends above the initial policy's (same run)
+            rises = [e[1] - e[0] for e in ends["learnt"]]
+            gains = [le[1] - fe[1] for le, fe in zip(ends["learnt"], ends["fixed"], strict=True)]
+            line += f"  learnt end - start {band(rises)}  learnt - fixed {band(gains)}"
         print(f"{metric.split('/')[1]:25s} {line}")
     stds = [runs["learnt", s]["Policy/mean_std"][-1] for s in args.seeds]
     print(f"{'policy std at the end':25s} learnt {np.mean(stds):.3f} (starts at {cfg.init_noise_std})")
+
+
+def band(values: list[float]) -> str:
+    """Mean +- 95% CI over seeds, and whether the interval lies above or below 0."""
+    mean, half = seed_band(values)
+    verdict = "learns" if mean - half > 0 else "worse" if mean + half < 0 else "no clear change"
+    return f"{mean:+.3f} +- {half:.3f} ({verdict})"
 
 
 if __name__ == "__main__":
