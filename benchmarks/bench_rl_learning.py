@@ -1,7 +1,7 @@
 """Does PPO learn on the MuJoCo task with given settings? Seconds a run instead of minutes: no cameras.
 
     MUJOCO_GL=egl .venv/bin/python benchmarks/bench_rl_learning.py [--profile demo-long] [--seeds 0 1 2]
-        [--terms track_pos_l2 ...] [--embeddings zeros|pose] [--set KEY=VALUE ...]  # KEY: env.goal_max_angle
+        [--terms track_pos_l2 ...] [--embeddings zeros|pose] [--budgets 150 300 ...] [--set KEY=VALUE ...]
 
 The envs step their physics in this process and render nothing; the policy sees zero embeddings where the
 cameras' would be, and everything else as in ``handeye rl`` (rewards, resets, the critic's privileged state,
@@ -14,6 +14,8 @@ Each seed trains twice from the same start: with the settings (``learnt``), and 
 per reward term (per step): the means of the first and the last ``--window`` iterations of both, and two
 differences as mean +- 95% CI over the seeds: the learnt runs' last window minus their first (how far a reward
 curve rises) and learnt - fixed over the last window; a setting learns a term only where an interval lies above 0.
+With ``--budgets``, both differences are also printed as if the runs had stopped after each of those numbers of
+iterations: the shortest budget at which a setting learns, read off one long run per seed.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from handeye.rl.table import seed_band
 BLIND_DIM = 8  # per camera: zeros in place of an encoder's embedding
 POSE_DIM = 96  # per camera, --embeddings pose: the demo ViTs' width
 METRICS = ("Reward/track_orientation_inv_l2", "Reward/track_pos_l2", "Reward/success_bonus", "Reward/total")
+BUDGET_METRICS = ("Reward/track_orientation_inv_l2", "Reward/track_pos_l2", "Reward/total")
 
 
 class BlindPool(SimPool):
@@ -122,6 +125,8 @@ def main() -> None:
                         help="reward terms PPO is given (default: all, the task's reward)")
     parser.add_argument("--embeddings", choices=("zeros", "pose"), default="zeros",
                         help="in the cameras' place: zeros, or a fixed random map of the cube's pose and the joints")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[], metavar="N",
+                        help="also print both differences as if the runs had stopped after N iterations, for each N")
     parser.add_argument("--set", dest="settings", nargs="+", default=[], metavar="KEY=VALUE",
                         help="rl settings over the profile's, e.g. env.goal_max_angle=0.5")
     args = parser.parse_args()
@@ -152,12 +157,29 @@ def main() -> None:
                          for kind, v in ends.items())
         if len(args.seeds) > 1:
             # how far each learnt curve rises, then how far it ends above the initial policy's (same run)
-            rises = [e[1] - e[0] for e in ends["learnt"]]
-            gains = [le[1] - fe[1] for le, fe in zip(ends["learnt"], ends["fixed"], strict=True)]
+            rises, gains = differences(runs, args.seeds, metric, w)
             line += f"  learnt end - start {band(rises)}  learnt - fixed {band(gains)}"
         print(f"{metric.split('/')[1]:25s} {line}")
+    if len(args.seeds) > 1:
+        for budget in (b for b in args.budgets if w <= b <= cfg.iterations):
+            for m in BUDGET_METRICS:
+                rises, gains = differences(runs, args.seeds, m, w, budget)
+                print(f"after {budget:4d} iterations, {m.split('/')[1]:25s} learnt end - start {band(rises)}  "
+                      f"learnt - fixed {band(gains)}")
     stds = [runs["learnt", s]["Policy/mean_std"][-1] for s in args.seeds]
     print(f"{'policy std at the end':25s} learnt {np.mean(stds):.3f} (starts at {cfg.init_noise_std})")
+
+
+def differences(runs: dict, seeds: list[int], metric: str, window: int,
+                budget: int | None = None) -> tuple[list[float], list[float]]:
+    """Per seed, over the first ``budget`` iterations (None: all): the learnt curve's last ``window`` mean minus its
+    first (how far it rises), and minus the fixed curve's last ``window`` mean (how far it ends above the initial
+    policy, measured in the same run)."""
+    learnt = [np.asarray(runs["learnt", s][metric][:budget]) for s in seeds]
+    fixed = [np.asarray(runs["fixed", s][metric][:budget]) for s in seeds]
+    rises = [float(c[-window:].mean() - c[:window].mean()) for c in learnt]
+    gains = [float(lc[-window:].mean() - fc[-window:].mean()) for lc, fc in zip(learnt, fixed, strict=True)]
+    return rises, gains
 
 
 def band(values: list[float]) -> str:
